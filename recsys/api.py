@@ -1,0 +1,171 @@
+"""The library's front door: prepare data, train, evaluate and recommend, as plain functions.
+
+The CLI and the notebook call these and nothing below them.
+
+    >>> from recsys import api
+    >>> api.prepare("data/sample.csv", "runs/sample-data", rating_col="rating", min_rating=4)
+    >>> api.train("runs/sample-data", "runs/lgcn", "lightgcn", {"epochs": 20})
+    >>> api.evaluate_run("runs/lgcn", split="test")["metrics"]["recall@20"]
+    >>> TrainedModel.load("runs/lgcn").recommend(["u0001", "u0002"], k=10)
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import polars as pl
+import torch
+
+from recsys.atomic import atomic_write
+from recsys.data.dataset import Dataset
+from recsys.data.prepare import describe, prepare_dataset
+from recsys.data.synth import synth_log
+from recsys.errors import ConfigError, RunError
+from recsys.evaluate import evaluate, metrics_by_degree
+from recsys.index import build_index, load_index, search
+from recsys.train import loop
+from recsys.train.config import RunConfig, read_config_file, resolve_config
+from recsys.train.rundir import RunDir
+
+
+def prepare(source: str | Path, out: str | Path, **options: Any) -> dict:
+    """Read a log (or pre-split folder), filter and split it, save the dataset folder; returns its summary."""
+    ds = prepare_dataset(source, **options)
+    ds.save(out)
+    return describe(ds)
+
+
+def info(dataset_dir: str | Path) -> dict:
+    return describe(Dataset.load(dataset_dir))
+
+
+def synth(out: str | Path, **options: Any) -> dict:
+    """Write a synthetic interaction log with planted intents as CSV; returns its counts."""
+    log = synth_log(**options).log
+    out = Path(out)
+    writers = {".csv": pl.DataFrame.write_csv, ".tsv": lambda df, p: df.write_csv(p, separator="\t"), ".parquet": pl.DataFrame.write_parquet}
+    if out.suffix not in writers:
+        raise ConfigError(f"{out}: unsupported extension (use .csv, .tsv or .parquet)")
+    atomic_write(out, lambda p: writers[out.suffix](log, p))
+    return {"path": str(out), "interactions": log.height, "users": log["user_id"].n_unique(), "items": log["item_id"].n_unique()}
+
+
+def train(
+    dataset_dir: str | Path,
+    out: str | Path,
+    model: str | None = None,
+    options: dict[str, Any] | None = None,
+    config_file: str | Path | None = None,
+    resume: bool = False,
+    overwrite: bool = False,
+    progress: bool = True,
+) -> dict:
+    """Train a model on a prepared dataset into run directory `out`; returns the final summary.
+
+    Options come from `config_file` (TOML/JSON, flat keys or [train]/[params] tables, may name
+    the model) and then `options`, which win. With `resume`, the saved config is used as is.
+    """
+    run = RunDir(out)
+    ds = Dataset.load(dataset_dir)
+    if resume:
+        saved = run.read_config()
+        if saved["dataset"]["fingerprint"] != ds.fingerprint:
+            raise RunError(f"{run.path}: was trained on dataset {saved['dataset']['fingerprint']}, not {dataset_dir} ({ds.fingerprint})")
+        config = RunConfig.from_dict(saved)
+        return loop.train(ds, dataset_dir, config, run.path, resume=run.checkpoint.is_file(), progress=progress)
+    if run.exists() and not overwrite:
+        raise RunError(f"{run.path}: already holds a run; pass --resume to continue it or --overwrite to replace it")
+    file_options = read_config_file(config_file) if config_file else {}
+    model = model or file_options.get("model")
+    file_options.pop("model", None)
+    if not model:
+        raise ConfigError("no model given: pass --model or set 'model' in the config file")
+    config = resolve_config(model, (str(config_file), file_options), ("command line", options or {}))
+    if overwrite and run.path.exists():
+        shutil.rmtree(run.path)
+    return loop.train(ds, dataset_dir, config, run.path, progress=progress)
+
+
+def evaluate_run(
+    run_dir: str | Path,
+    split: str = "test",
+    ks: tuple[int, ...] = (10, 20, 40),
+    by_degree: bool = False,
+    exclude_valid: bool = False,
+    dataset_dir: str | Path | None = None,
+) -> dict:
+    """Full-ranking metrics of a finished run on one split (training items always excluded;
+    validation items too when testing with `exclude_valid`)."""
+    run = RunDir(run_dir)
+    ds = run.load_dataset(dataset_dir)
+    users, items = run.load_embeddings()
+    seen = ds.train
+    if exclude_valid and split == "test" and ds.valid is not None:
+        seen = ds.train + ds.valid
+    result = evaluate(users, items, seen, ds.split(split), ks)
+    out = {"run": str(run.path), "split": split, "metrics": result.metrics}
+    if by_degree:
+        out["by_degree"] = metrics_by_degree(result, ds.train)
+    return out
+
+
+class TrainedModel:
+    """A finished run, ready to serve: raw ids in, top-k raw ids out, seen items excluded."""
+
+    def __init__(self, run: RunDir, ds: Dataset, user_emb: np.ndarray, item_emb: np.ndarray, index):
+        self.run, self.dataset, self.user_emb, self.item_emb, self.index = run, ds, user_emb, item_emb, index
+
+    @classmethod
+    def load(cls, run_dir: str | Path, index_kind: str = "flat") -> TrainedModel:
+        run = RunDir(run_dir)
+        ds = run.load_dataset()
+        users, items = run.load_embeddings()
+        index = load_index(run.index) if index_kind == "flat" else build_index(items, index_kind)
+        return cls(run, ds, users, items, index)
+
+    def recommend(self, user_ids: list, k: int = 20, explain: bool = False) -> pl.DataFrame:
+        """One row per (user, rank): user_id, rank (1-based), item_id, score[, explanation]."""
+        user_idx = self.dataset.users.index(user_ids)
+        items, scores = search(self.index, self.user_emb[user_idx], k, self.dataset.train, user_idx)
+        valid = items >= 0
+        rows = np.repeat(np.arange(len(user_idx)), valid.sum(1))
+        frame = pl.DataFrame(
+            {
+                "user_id": self.dataset.users.raw(user_idx[rows]),
+                "rank": np.concatenate([np.arange(1, n + 1) for n in valid.sum(1)]).astype(np.int32) if len(rows) else np.zeros(0, np.int32),
+                "item_id": self.dataset.items.raw(items[valid]),
+                "score": scores[valid],
+            }
+        )
+        if explain:
+            notes = self.explain(user_idx, items)
+            frame = frame.with_columns(pl.Series("explanation", [json.dumps(n) for row, v in zip(notes, valid) for n, ok in zip(row, v) if ok]))
+        return frame
+
+    def explain(self, user_idx: np.ndarray, items: np.ndarray) -> list[list[dict]]:
+        """Per recommended item, the model's own account of its score (models with `explain`)."""
+        config = RunConfig.from_dict(self.run.read_config())
+        model, graph, _ = loop.build_model(config, self.dataset, torch.device("cpu"))
+        if not hasattr(model, "explain"):
+            raise RunError(f"{self.run.path}: model {config.model!r} cannot explain its scores (--explain needs an intent model: dccf)")
+        model.load_state_dict(self.run.load_torch(self.run.best))
+        model.eval()
+        with torch.no_grad():
+            return model.explain(graph, torch.from_numpy(user_idx), torch.from_numpy(np.maximum(items, 0)))
+
+
+def write_table(frame: pl.DataFrame, out: str | Path) -> None:
+    """Write a result table atomically as .csv, .parquet or .json (records)."""
+    out = Path(out)
+    writers = {
+        ".csv": lambda p: frame.write_csv(p),
+        ".parquet": lambda p: frame.write_parquet(p),
+        ".json": lambda p: p.write_text(json.dumps(frame.to_dicts(), indent=1, default=str) + "\n"),
+    }
+    if out.suffix not in writers:
+        raise ConfigError(f"{out}: unsupported output extension (use .csv, .parquet or .json)")
+    atomic_write(out, writers[out.suffix])

@@ -1,0 +1,270 @@
+"""Thin typer layer: parse options, call one api function, print the result or a one-line error."""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from recsys import api
+from recsys.errors import ConfigError, RecsysError
+from recsys.models import MODELS, model_class
+from recsys.train.config import TrainParams
+
+app = typer.Typer(no_args_is_help=True, pretty_exceptions_show_locals=False, add_completion=False, help=__doc__)
+data_app = typer.Typer(no_args_is_help=True, help="Prepare, inspect and synthesise interaction data.")
+app.add_typer(data_app, name="data")
+
+SAMPLE_LOG = Path(__file__).resolve().parents[1] / "data" / "sample.csv"
+
+
+def user_errors(fn):
+    """Print a RecsysError as one line on stderr and exit 1, instead of a traceback."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except RecsysError as e:
+            typer.echo(f"error: {e}", err=True)
+            raise typer.Exit(1) from None
+
+    return wrapper
+
+
+def emit(obj: dict, as_json: bool) -> None:
+    """JSON on stdout (and nothing else there) for scripts, or an indented listing for people."""
+    if as_json:
+        typer.echo(json.dumps(obj, default=float))
+        return
+
+    def show(value, indent=0):
+        for key, v in value.items():
+            if isinstance(v, dict):
+                typer.echo(" " * indent + f"{key}:")
+                show(v, indent + 2)
+            else:
+                typer.echo(" " * indent + f"{key}: {round(v, 4) if isinstance(v, float) else v}")
+
+    show(obj)
+
+
+def parse_ks(text: str) -> tuple[int, ...]:
+    try:
+        ks = tuple(int(k) for k in text.split(","))
+    except ValueError:
+        raise ConfigError(f"--k expects comma-separated integers, got {text!r}") from None
+    if not ks or min(ks) < 1:
+        raise ConfigError(f"--k values must be positive, got {text!r}")
+    return ks
+
+
+@app.callback()
+def setup(verbose: bool = typer.Option(False, "--verbose", "-v", help="debug logging")):
+    """recsys: train graph recommenders on interaction logs, evaluate them, serve top-K."""
+    logging.basicConfig(stream=sys.stderr, level=logging.DEBUG if verbose else logging.INFO, format="%(message)s")
+
+
+@data_app.command("prepare")
+@user_errors
+def data_prepare(
+    source: Path = typer.Argument(..., help="log file (csv/tsv/parquet/.inter) or pre-split folder"),
+    out: Path = typer.Option(..., "--out", help="dataset folder to write"),
+    format: Optional[str] = typer.Option(None, help="csv|tsv|parquet|recbole|lightgcn|split-csv (default: by extension)"),
+    user_col: str = typer.Option("user_id", help="user id column"),
+    item_col: str = typer.Option("item_id", help="item id column"),
+    rating_col: Optional[str] = typer.Option(None, help="rating column (needed for --min-rating)"),
+    time_col: Optional[str] = typer.Option(None, help="timestamp column (needed for last:/time: splits)"),
+    min_rating: Optional[float] = typer.Option(None, help="keep interactions with rating >= this"),
+    kcore: int = typer.Option(0, help="iteratively keep users and items with >= k interactions"),
+    split: str = typer.Option("random:0.8", help="random:F | last:N | time:F | given"),
+    valid: float = typer.Option(0.1, help="fraction of each user's training interactions held out for validation (0: none)"),
+    seed: int = typer.Option(0, help="seed of the random split"),
+    as_json: bool = typer.Option(False, "--json", help="print one JSON object"),
+):
+    """Read an interaction log, filter and split it, and save a dataset folder."""
+    summary = api.prepare(
+        source, out, format=format, user_col=user_col, item_col=item_col, rating_col=rating_col, time_col=time_col,
+        min_rating=min_rating, kcore=kcore, split=split, valid=valid, seed=seed,
+    )  # fmt: skip
+    emit(summary, as_json)
+
+
+@data_app.command("info")
+@user_errors
+def data_info(dataset: Path = typer.Argument(..., help="dataset folder"), as_json: bool = typer.Option(False, "--json")):
+    """Users, items, interactions per split, density, degree and popularity quantiles."""
+    emit(api.info(dataset), as_json)
+
+
+@data_app.command("synth")
+@user_errors
+def data_synth(
+    out: Path = typer.Option(..., "--out", help="log file to write (.csv, .tsv or .parquet)"),
+    users: int = typer.Option(1000, help="number of users"),
+    items: int = typer.Option(500, help="number of items"),
+    intents: int = typer.Option(8, help="planted latent intents"),
+    seed: int = typer.Option(0, help="random seed"),
+    as_json: bool = typer.Option(False, "--json"),
+):
+    """Generate a log with planted intents and power-law popularity (makes data/sample.csv)."""
+    emit(api.synth(out, n_users=users, n_items=items, n_intents=intents, seed=seed), as_json)
+
+
+def extra_options(args: list[str]) -> dict[str, str]:
+    """`--name value` / `--name=value` pairs left over by typer: the model's own hyperparameters."""
+    options, i = {}, 0
+    while i < len(args):
+        arg = args[i]
+        if not arg.startswith("--"):
+            raise ConfigError(f"unexpected argument {arg!r}")
+        if "=" in arg:
+            key, value = arg[2:].split("=", 1)
+            i += 1
+        elif i + 1 < len(args):
+            key, value = arg[2:], args[i + 1]
+            i += 2
+        else:
+            raise ConfigError(f"option {arg} needs a value")
+        options[key] = value
+    return options
+
+
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+@user_errors
+def train(
+    ctx: typer.Context,
+    dataset: Path = typer.Argument(..., help="dataset folder from 'recsys data prepare'"),
+    out: Path = typer.Option(..., "--out", help="run directory to write"),
+    model: Optional[str] = typer.Option(None, help=f"one of: {', '.join(MODELS)}"),
+    epochs: Optional[int] = typer.Option(None, help="maximum epochs [100]"),
+    batch_size: Optional[int] = typer.Option(None, help="BPR triples per step [2048, or the model's]"),
+    lr: Optional[float] = typer.Option(None, help="Adam learning rate [1e-3]"),
+    dim: Optional[int] = typer.Option(None, help="embedding size"),
+    layers: Optional[int] = typer.Option(None, help="propagation layers (graph models)"),
+    eval_every: Optional[int] = typer.Option(None, help="validate every N epochs [1]"),
+    patience: Optional[int] = typer.Option(None, help="validations without improvement before stopping; 0 never [10]"),
+    device: Optional[str] = typer.Option(None, help="auto|cpu|cuda [auto]"),
+    seed: Optional[int] = typer.Option(None, help="random seed [0]"),
+    config: Optional[Path] = typer.Option(None, help="TOML/JSON file of options (same names as the flags)"),
+    resume: bool = typer.Option(False, "--resume", help="continue the interrupted run in --out"),
+    overwrite: bool = typer.Option(False, "--overwrite", help="replace an existing run in --out"),
+    progress: bool = typer.Option(True, help="progress bar on stderr"),
+    as_json: bool = typer.Option(False, "--json"),
+):
+    """Train a model; model hyperparameters (see 'recsys models') are passed as --name value."""
+    given = dict(epochs=epochs, batch_size=batch_size, lr=lr, dim=dim, layers=layers, eval_every=eval_every, patience=patience, device=device, seed=seed)
+    options = {k: v for k, v in given.items() if v is not None} | extra_options(ctx.args)
+    summary = api.train(dataset, out, model, options, config, resume=resume, overwrite=overwrite, progress=progress)
+    emit(summary, as_json)
+
+
+@app.command()
+@user_errors
+def evaluate(
+    run: Path = typer.Argument(..., help="run directory"),
+    split: str = typer.Option("test", help="valid|test"),
+    k: str = typer.Option("10,20,40", help="cut-offs, comma-separated"),
+    by_degree: bool = typer.Option(False, "--by-degree", help="also metrics by user-degree quintile"),
+    exclude_valid: bool = typer.Option(False, "--exclude-valid", help="when testing, also exclude validation items from ranking"),
+    data: Optional[Path] = typer.Option(None, help="dataset folder (default: the one the run was trained on)"),
+    as_json: bool = typer.Option(False, "--json"),
+):
+    """Full-ranking Recall, NDCG, Precision, HitRate, MRR @K and coverage; training items excluded."""
+    result = api.evaluate_run(run, split, parse_ks(k), by_degree, exclude_valid, data)
+    if as_json:
+        emit(result, True)
+        return
+    emit({"metrics": result["metrics"]}, False)
+    if by_degree:
+        metrics = [f"recall@{k_}" for k_ in parse_ks(k)] + [f"ndcg@{k_}" for k_ in parse_ks(k)]
+        typer.echo("\ndegree      users  " + "  ".join(f"{m:>10}" for m in metrics))
+        for g in result["by_degree"]:
+            typer.echo(f"{g['min_degree']:>4}-{g['max_degree']:<5} {g['n_users']:>6}  " + "  ".join(f"{g[m]:>10.4f}" for m in metrics))
+
+
+@app.command()
+@user_errors
+def recommend(
+    run: Path = typer.Argument(..., help="run directory"),
+    user: Optional[list[str]] = typer.Option(None, "--user", help="raw user id (repeatable)"),
+    users_file: Optional[Path] = typer.Option(None, help="file with one raw user id per line"),
+    k: int = typer.Option(20, help="items per user"),
+    output: Optional[Path] = typer.Option(None, help="write .csv, .parquet or .json instead of printing"),
+    index: str = typer.Option("flat", help="flat (exact) | ivf | hnsw"),
+    explain: bool = typer.Option(False, "--explain", help="per item, the user's top intents and their share of the score (dccf)"),
+):
+    """Top-K unseen items for users given by raw id."""
+    ids = list(user or [])
+    if users_file is not None:
+        if not users_file.is_file():
+            raise ConfigError(f"{users_file}: no such file")
+        ids += [line.strip() for line in users_file.read_text().splitlines() if line.strip()]
+    if not ids:
+        raise ConfigError("no users given: pass --user ID (repeatable) or --users-file FILE")
+    if k < 1:
+        raise ConfigError(f"--k must be positive, got {k}")
+    recs = api.TrainedModel.load(run, index).recommend(ids, k, explain)
+    if output is not None:
+        api.write_table(recs, output)
+        typer.echo(f"wrote {recs.height} recommendations for {len(ids)} users to {output}", err=True)
+    else:
+        with_pl_config(lambda: typer.echo(recs))
+
+
+def with_pl_config(fn):
+    import polars as pl
+
+    with pl.Config(tbl_rows=200, fmt_str_lengths=200, tbl_hide_dataframe_shape=True):
+        fn()
+
+
+@app.command()
+@user_errors
+def models(name: Optional[str] = typer.Argument(None, help="show one model's options")):
+    """List models and their hyperparameters (flags and config keys)."""
+    for model in [name] if name else list(MODELS):
+        try:
+            cls = model_class(model)
+        except ConfigError as e:
+            if name:
+                raise
+            typer.echo(f"{model}: unavailable ({e})")
+            continue
+        defaults = {**{f.name: f.default for f in dataclasses.fields(TrainParams) if f.default is not dataclasses.MISSING}, **cls.train_defaults}
+        typer.echo(f"{model}:  (training defaults: " + ", ".join(f"{k}={defaults[k]}" for k in ("batch_size", "lr", "epochs")) + ")")
+        for f in dataclasses.fields(cls.Params):
+            aliases = "".join(f" / --{a}" for a in f.metadata.get("aliases", ()))
+            typer.echo(f"  --{f.name.replace('_', '-')}{aliases}  {f.default}   {f.metadata.get('help', '')}")
+
+
+@app.command()
+@user_errors
+def demo(
+    out: Path = typer.Option(Path("runs/demo"), "--out", help="folder for the dataset, runs and recommendations"),
+    model: str = typer.Option("lightgcn", help="model to train"),
+    epochs: int = typer.Option(30, help="maximum epochs"),
+):
+    """The quick start: prepare data/sample.csv, train, evaluate on test, recommend for 5 users."""
+    if not SAMPLE_LOG.is_file():
+        raise ConfigError(f"{SAMPLE_LOG}: the bundled sample is missing; make it with 'recsys data synth --out {SAMPLE_LOG}'")
+    data_dir, run_dir = out / "data", out / model
+    summary = api.prepare(SAMPLE_LOG, data_dir, rating_col="rating", time_col="timestamp", min_rating=4, split="random:0.8", valid=0.1, seed=0)
+    typer.echo(f"dataset: {summary['users']} users, {summary['items']} items, {summary['interactions']}", err=True)
+    for name in ("mostpop", model):
+        result = api.train(data_dir, out / name, name, {"epochs": epochs} if name == model else {}, overwrite=True, progress=False)
+        typer.echo(f"{name:>9}  test " + "  ".join(f"{m} {result['test'][m]:.4f}" for m in ("recall@20", "ndcg@20", "precision@20", "hit@20")))
+    users = api.TrainedModel.load(run_dir).dataset.users.raw(range(5)).to_list()
+    recs = api.TrainedModel.load(run_dir).recommend(users, k=10)
+    api.write_table(recs, out / "recommendations.csv")
+    typer.echo(f"recommendations for {', '.join(map(str, users))} written to {out / 'recommendations.csv'}")
+
+
+def main() -> None:
+    app()

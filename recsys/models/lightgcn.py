@@ -1,0 +1,56 @@
+"""LightGCN: simplified graph convolution for recommendation.
+
+He et al., "LightGCN: Simplifying and Powering Graph Convolution Network for
+Recommendation", SIGIR 2020 (arXiv 2002.02126).
+
+    (Eq. 3)  e_u⁽ᵏ⁺¹⁾ = Σ_{i∈N_u} 1/√(|N_u||N_i|) e_i⁽ᵏ⁾,   e_i⁽ᵏ⁺¹⁾ likewise
+    (Eq. 4)  e_u = Σ_{k=0..K} α_k e_u⁽ᵏ⁾,  α_k = 1/(K+1)
+    (Eq. 15) L = Σ -ln σ(ŷ_ui - ŷ_uj) + λ ‖E⁽⁰⁾_batch‖²
+
+Symbols: 1/√(|N_u||N_i|) → `graph.adj` (R̃, built once by recsys.graph); K → `layers`;
+E⁽⁰⁾ → `user_emb`, `item_emb`; λ → `reg`. Edge dropout (`dropout`, 0 in the paper) is
+SGL-style structure dropout on R̃, off at evaluation.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from recsys.graph import drop_edges, propagate
+from recsys.models.base import Batch, EmbeddingRecommender, bpr_loss, l2_penalty
+
+
+@dataclass
+class LightGCNParams:
+    dim: int = field(default=64, metadata={"help": "embedding size d"})
+    layers: int = field(default=3, metadata={"help": "propagation layers K"})
+    reg: float = field(default=1e-4, metadata={"help": "L2 weight λ on the batch's ego embeddings", "aliases": ("emb_reg",)})
+    dropout: float = field(default=0.0, metadata={"help": "edge dropout rate during training"})
+
+
+class LightGCN(EmbeddingRecommender):
+    name = "lightgcn"
+    Params = LightGCNParams
+
+    def propagate(self, graph) -> tuple[torch.Tensor, torch.Tensor]:
+        """Eq. 4: the mean of layers 0..K, for users and items."""
+        if self.training and self.params.dropout > 0:
+            graph = drop_edges(graph, self.params.dropout, self.generator)
+        users, items = self.user_emb, self.item_emb
+        sum_users, sum_items = users, items
+        for _ in range(self.params.layers):
+            users, items = propagate(graph, users, items)
+            sum_users, sum_items = sum_users + users, sum_items + items
+        scale = 1.0 / (self.params.layers + 1)
+        return sum_users * scale, sum_items * scale
+
+    def final_embeddings(self, graph):
+        return self.propagate(graph)
+
+    def loss_terms(self, batch: Batch, graph):
+        users, items = self.propagate(graph)
+        u, p, n = users[batch.users], items[batch.pos_items], items[batch.neg_items]
+        ego = (self.user_emb[batch.users], self.item_emb[batch.pos_items], self.item_emb[batch.neg_items])
+        return {"bpr": bpr_loss(u, p, n), "reg": self.params.reg * l2_penalty(*ego)}

@@ -1,0 +1,33 @@
+"""MF-BPR: matrix factorisation trained with Bayesian Personalised Ranking.
+
+Rendle et al., "BPR: Bayesian Personalized Ranking from Implicit Feedback", UAI 2009.
+
+    ŷ_ui = e_uᵀ e_i
+    L = Σ_(u,i,j) -ln σ(ŷ_ui - ŷ_uj) + λ ‖Θ_batch‖²
+
+Symbols: e_u, e_i → `user_emb`, `item_emb`; λ → `reg`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from recsys.models.base import Batch, EmbeddingRecommender, bpr_loss, l2_penalty
+
+
+@dataclass
+class MFParams:
+    dim: int = field(default=64, metadata={"help": "embedding size d"})
+    reg: float = field(default=1e-4, metadata={"help": "L2 weight on the batch's embeddings", "aliases": ("emb_reg",)})
+
+
+class MF(EmbeddingRecommender):
+    name = "mf"
+    Params = MFParams
+
+    def final_embeddings(self, graph):
+        return self.user_emb, self.item_emb
+
+    def loss_terms(self, batch: Batch, graph):
+        u, p, n = self.user_emb[batch.users], self.item_emb[batch.pos_items], self.item_emb[batch.neg_items]
+        return {"bpr": bpr_loss(u, p, n), "reg": self.params.reg * l2_penalty(u, p, n)}

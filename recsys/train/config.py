@@ -1,0 +1,116 @@
+"""Resolved run configuration: loop options + the model's own hyperparameters.
+
+Keys form one flat namespace shared by CLI flags and config files (TOML or JSON): training
+options (below) and the fields of the model's `Params` dataclass, with the paper's names as
+aliases. Precedence, lowest first: defaults, the model's `train_defaults`, the config file,
+the command line.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import tomllib
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from recsys.errors import ConfigError
+from recsys.models import model_class
+
+
+@dataclass
+class TrainParams:
+    epochs: int = field(default=100, metadata={"help": "maximum training epochs (passes over the training interactions)"})
+    batch_size: int = field(default=2048, metadata={"help": "BPR triples per step"})
+    lr: float = field(default=1e-3, metadata={"help": "Adam learning rate"})
+    eval_every: int = field(default=1, metadata={"help": "validate every N epochs"})
+    patience: int = field(default=10, metadata={"help": "stop after N validations without improvement (0: never stop early)"})
+    metric: str = field(default="recall@20", metadata={"help": "validation metric for early stopping"})
+    eval_k: list[int] = field(default_factory=lambda: [10, 20, 40], metadata={"help": "cut-offs K for evaluation"})
+    device: str = field(default="auto", metadata={"help": "auto | cpu | cuda"})
+    seed: int = field(default=0, metadata={"help": "seed for initialisation, sampling and dropout"})
+    max_minutes: float = field(default=0.0, metadata={"help": "stop training after this wall time (0: no limit)"})
+
+
+@dataclass
+class RunConfig:
+    model: str
+    train: TrainParams
+    params: Any
+
+    def to_dict(self) -> dict:
+        return {"model": self.model, "train": dataclasses.asdict(self.train), "params": dataclasses.asdict(self.params)}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> RunConfig:
+        return resolve_config(d["model"], ("config.json", {**d["train"], **d["params"]}))
+
+
+def option_table(model: str) -> dict[str, tuple[str, dataclasses.Field]]:
+    """Every key (and alias) accepted for `model` -> (section, field)."""
+    table: dict[str, tuple[str, dataclasses.Field]] = {}
+    for section, cls in (("train", TrainParams), ("params", model_class(model).Params)):
+        for f in fields(cls):
+            for key in (f.name, *f.metadata.get("aliases", ())):
+                table[key.replace("-", "_")] = (section, f)
+    return table
+
+
+def _coerce(value: Any, f: dataclasses.Field, key: str, source: str) -> Any:
+    kind = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", str(f.type))
+    try:
+        if kind.startswith("list"):
+            items = value if isinstance(value, list) else str(value).split(",")
+            return [int(x) for x in items]
+        if kind == "bool":
+            if isinstance(value, bool):
+                return value
+            if str(value).lower() in ("1", "true", "yes", "on"):
+                return True
+            if str(value).lower() in ("0", "false", "no", "off"):
+                return False
+            raise ValueError
+        if kind == "int":
+            if isinstance(value, float) and not value.is_integer():
+                raise ValueError
+            return int(value)
+        if kind == "float":
+            return float(value)
+        return str(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{source}: option {key!r} expects {kind}, got {value!r}") from None
+
+
+def resolve_config(model: str, *layers: tuple[str, dict[str, Any]]) -> RunConfig:
+    """Merge (source name, options) layers, lowest precedence first, into a RunConfig."""
+    cls = model_class(model)
+    table = option_table(model)
+    values: dict[str, dict[str, Any]] = {"train": {}, "params": {}}
+    for source, layer in (("model defaults", cls.train_defaults), *layers):
+        for key, value in layer.items():
+            norm = key.replace("-", "_")
+            if norm not in table:
+                valid = ", ".join(sorted(table))
+                raise ConfigError(f"{source}: unknown option {key!r} for model {model!r} (valid: {valid})")
+            section, f = table[norm]
+            values[section][f.name] = _coerce(value, f, key, source)
+    return RunConfig(model, TrainParams(**values["train"]), cls.Params(**values["params"]))
+
+
+def read_config_file(path: str | Path) -> dict[str, Any]:
+    """A flat {key: value} table from TOML or JSON; a `[train]`/`[params]` split is flattened."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: no such config file")
+    try:
+        data = json.loads(path.read_text()) if path.suffix == ".json" else tomllib.loads(path.read_text())
+    except (ValueError, tomllib.TOMLDecodeError) as e:
+        raise ConfigError(f"{path}: not valid {'JSON' if path.suffix == '.json' else 'TOML'} ({e})") from None
+    flat: dict[str, Any] = {}
+    for key, value in data.items():
+        if isinstance(value, dict):
+            flat.update(value)
+        else:
+            flat[key] = value
+    return flat
