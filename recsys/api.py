@@ -47,11 +47,20 @@ def synth(out: str | Path, **options: Any) -> dict:
     """Write a synthetic interaction log with planted intents as CSV; returns its counts."""
     log = synth_log(**options).log
     out = Path(out)
-    writers = {".csv": pl.DataFrame.write_csv, ".tsv": lambda df, p: df.write_csv(p, separator="\t"), ".parquet": pl.DataFrame.write_parquet}
+    writers = {
+        ".csv": pl.DataFrame.write_csv,
+        ".tsv": lambda df, p: df.write_csv(p, separator="\t"),
+        ".parquet": pl.DataFrame.write_parquet,
+    }
     if out.suffix not in writers:
         raise ConfigError(f"{out}: unsupported extension (use .csv, .tsv or .parquet)")
     atomic_write(out, lambda p: writers[out.suffix](log, p))
-    return {"path": str(out), "interactions": log.height, "users": log["user_id"].n_unique(), "items": log["item_id"].n_unique()}
+    return {
+        "path": str(out),
+        "interactions": log.height,
+        "users": log["user_id"].n_unique(),
+        "items": log["item_id"].n_unique(),
+    }
 
 
 def train(
@@ -74,17 +83,25 @@ def train(
     if resume:
         saved = run.read_config()
         if saved["dataset"]["fingerprint"] != ds.fingerprint:
-            raise RunError(f"{run.path}: was trained on dataset {saved['dataset']['fingerprint']}, not {dataset_dir} ({ds.fingerprint})")
+            raise RunError(
+                f"{run.path}: was trained on dataset {saved['dataset']['fingerprint']}, not {dataset_dir} ({ds.fingerprint})"
+            )
         config = RunConfig.from_dict(saved)
-        return loop.train(ds, dataset_dir, config, run.path, resume=run.checkpoint.is_file(), progress=progress)
+        return loop.train(
+            ds, dataset_dir, config, run.path, resume=run.checkpoint.is_file(), progress=progress
+        )
     if run.exists() and not overwrite:
-        raise RunError(f"{run.path}: already holds a run; pass --resume to continue it or --overwrite to replace it")
+        raise RunError(
+            f"{run.path}: already holds a run; pass --resume to continue it or --overwrite to replace it"
+        )
     file_options = read_config_file(config_file) if config_file else {}
     model = model or file_options.get("model")
     file_options.pop("model", None)
     if not model:
         raise ConfigError("no model given: pass --model or set 'model' in the config file")
-    config = resolve_config(model, (str(config_file), file_options), ("command line", options or {}))
+    config = resolve_config(
+        model, (str(config_file), file_options), ("command line", options or {})
+    )
     if overwrite and run.path.exists():
         shutil.rmtree(run.path)
     return loop.train(ds, dataset_dir, config, run.path, progress=progress)
@@ -117,7 +134,13 @@ class TrainedModel:
     """A finished run, ready to serve: raw ids in, top-k raw ids out, seen items excluded."""
 
     def __init__(self, run: RunDir, ds: Dataset, user_emb: np.ndarray, item_emb: np.ndarray, index):
-        self.run, self.dataset, self.user_emb, self.item_emb, self.index = run, ds, user_emb, item_emb, index
+        self.run, self.dataset, self.user_emb, self.item_emb, self.index = (
+            run,
+            ds,
+            user_emb,
+            item_emb,
+            index,
+        )
 
     @classmethod
     def load(cls, run_dir: str | Path, index_kind: str = "flat") -> TrainedModel:
@@ -136,14 +159,21 @@ class TrainedModel:
         frame = pl.DataFrame(
             {
                 "user_id": self.dataset.users.raw(user_idx[rows]),
-                "rank": np.concatenate([np.arange(1, n + 1) for n in valid.sum(1)]).astype(np.int32) if len(rows) else np.zeros(0, np.int32),
+                "rank": np.concatenate([np.arange(1, n + 1) for n in valid.sum(1)]).astype(np.int32)
+                if len(rows)
+                else np.zeros(0, np.int32),
                 "item_id": self.dataset.items.raw(items[valid]),
                 "score": scores[valid],
             }
         )
         if explain:
             notes = self.explain(user_idx, items)
-            frame = frame.with_columns(pl.Series("explanation", [json.dumps(n) for row, v in zip(notes, valid) for n, ok in zip(row, v) if ok]))
+            frame = frame.with_columns(
+                pl.Series(
+                    "explanation",
+                    [json.dumps(n) for row, v in zip(notes, valid) for n, ok in zip(row, v) if ok],
+                )
+            )
         return frame
 
     def explain(self, user_idx: np.ndarray, items: np.ndarray) -> list[list[dict]]:
@@ -151,11 +181,15 @@ class TrainedModel:
         config = RunConfig.from_dict(self.run.read_config())
         model, graph, _ = loop.build_model(config, self.dataset, torch.device("cpu"))
         if not hasattr(model, "explain"):
-            raise RunError(f"{self.run.path}: model {config.model!r} cannot explain its scores (--explain needs an intent model: dccf)")
+            raise RunError(
+                f"{self.run.path}: model {config.model!r} cannot explain its scores (--explain needs an intent model: dccf)"
+            )
         model.load_state_dict(self.run.load_torch(self.run.best))
         model.eval()
         with torch.no_grad():
-            return model.explain(graph, torch.from_numpy(user_idx), torch.from_numpy(np.maximum(items, 0)))
+            return model.explain(
+                graph, torch.from_numpy(user_idx), torch.from_numpy(np.maximum(items, 0))
+            )
 
 
 def write_table(frame: pl.DataFrame, out: str | Path) -> None:

@@ -8,7 +8,6 @@ import json
 import logging
 import sys
 from pathlib import Path
-from typing import Optional
 
 import typer
 
@@ -17,8 +16,12 @@ from recsys.errors import ConfigError, RecsysError
 from recsys.models import MODELS, model_class
 from recsys.train.config import TrainParams
 
-app = typer.Typer(no_args_is_help=True, pretty_exceptions_show_locals=False, add_completion=False, help=__doc__)
-data_app = typer.Typer(no_args_is_help=True, help="Prepare, inspect and synthesise interaction data.")
+app = typer.Typer(
+    no_args_is_help=True, pretty_exceptions_show_locals=False, add_completion=False, help=__doc__
+)
+data_app = typer.Typer(
+    no_args_is_help=True, help="Prepare, inspect and synthesise interaction data."
+)
 app.add_typer(data_app, name="data")
 
 SAMPLE_LOG = Path(__file__).resolve().parents[1] / "data" / "sample.csv"
@@ -68,23 +71,36 @@ def parse_ks(text: str) -> tuple[int, ...]:
 @app.callback()
 def setup(verbose: bool = typer.Option(False, "--verbose", "-v", help="debug logging")):
     """recsys: train graph recommenders on interaction logs, evaluate them, serve top-K."""
-    logging.basicConfig(stream=sys.stderr, level=logging.DEBUG if verbose else logging.INFO, format="%(message)s")
+    logging.basicConfig(
+        stream=sys.stderr, level=logging.DEBUG if verbose else logging.INFO, format="%(message)s"
+    )
 
 
 @data_app.command("prepare")
 @user_errors
 def data_prepare(
-    source: Path = typer.Argument(..., help="log file (csv/tsv/parquet/.inter) or pre-split folder"),
+    source: Path = typer.Argument(
+        ..., help="log file (csv/tsv/parquet/.inter) or pre-split folder"
+    ),
     out: Path = typer.Option(..., "--out", help="dataset folder to write"),
-    format: Optional[str] = typer.Option(None, help="csv|tsv|parquet|recbole|lightgcn|split-csv (default: by extension)"),
+    format: str | None = typer.Option(
+        None, help="csv|tsv|parquet|recbole|lightgcn|split-csv (default: by extension)"
+    ),
     user_col: str = typer.Option("user_id", help="user id column"),
     item_col: str = typer.Option("item_id", help="item id column"),
-    rating_col: Optional[str] = typer.Option(None, help="rating column (needed for --min-rating)"),
-    time_col: Optional[str] = typer.Option(None, help="timestamp column (needed for last:/time: splits)"),
-    min_rating: Optional[float] = typer.Option(None, help="keep interactions with rating >= this"),
+    rating_col: str | None = typer.Option(None, help="rating column (needed for --min-rating)"),
+    time_col: str | None = typer.Option(
+        None, help="timestamp column (needed for last:/time: splits)"
+    ),
+    min_rating: float | None = typer.Option(None, help="keep interactions with rating >= this"),
     kcore: int = typer.Option(0, help="iteratively keep users and items with >= k interactions"),
-    split: str = typer.Option("random:0.8", help="random:F | last:N | time:F | given"),
-    valid: float = typer.Option(0.1, help="fraction of each user's training interactions held out for validation (0: none)"),
+    split: str | None = typer.Option(
+        None,
+        help="random:F | last:N | time:F | given [random:0.8 for a log, given for a pre-split folder]",
+    ),
+    valid: float = typer.Option(
+        0.1, help="fraction of each user's training interactions held out for validation (0: none)"
+    ),
     seed: int = typer.Option(0, help="seed of the random split"),
     as_json: bool = typer.Option(False, "--json", help="print one JSON object"),
 ):
@@ -98,7 +114,10 @@ def data_prepare(
 
 @data_app.command("info")
 @user_errors
-def data_info(dataset: Path = typer.Argument(..., help="dataset folder"), as_json: bool = typer.Option(False, "--json")):
+def data_info(
+    dataset: Path = typer.Argument(..., help="dataset folder"),
+    as_json: bool = typer.Option(False, "--json"),
+):
     """Users, items, interactions per split, density, degree and popularity quantiles."""
     emit(api.info(dataset), as_json)
 
@@ -142,26 +161,42 @@ def train(
     ctx: typer.Context,
     dataset: Path = typer.Argument(..., help="dataset folder from 'recsys data prepare'"),
     out: Path = typer.Option(..., "--out", help="run directory to write"),
-    model: Optional[str] = typer.Option(None, help=f"one of: {', '.join(MODELS)}"),
-    epochs: Optional[int] = typer.Option(None, help="maximum epochs [100]"),
-    batch_size: Optional[int] = typer.Option(None, help="BPR triples per step [2048, or the model's]"),
-    lr: Optional[float] = typer.Option(None, help="Adam learning rate [1e-3]"),
-    dim: Optional[int] = typer.Option(None, help="embedding size"),
-    layers: Optional[int] = typer.Option(None, help="propagation layers (graph models)"),
-    eval_every: Optional[int] = typer.Option(None, help="validate every N epochs [1]"),
-    patience: Optional[int] = typer.Option(None, help="validations without improvement before stopping; 0 never [10]"),
-    device: Optional[str] = typer.Option(None, help="auto|cpu|cuda [auto]"),
-    seed: Optional[int] = typer.Option(None, help="random seed [0]"),
-    config: Optional[Path] = typer.Option(None, help="TOML/JSON file of options (same names as the flags)"),
+    model: str | None = typer.Option(None, help=f"one of: {', '.join(MODELS)}"),
+    epochs: int | None = typer.Option(None, help="maximum epochs [100]"),
+    batch_size: int | None = typer.Option(None, help="BPR triples per step [2048, or the model's]"),
+    lr: float | None = typer.Option(None, help="Adam learning rate [1e-3]"),
+    dim: int | None = typer.Option(None, help="embedding size"),
+    layers: int | None = typer.Option(None, help="propagation layers (graph models)"),
+    eval_every: int | None = typer.Option(None, help="validate every N epochs [1]"),
+    patience: int | None = typer.Option(
+        None, help="validations without improvement before stopping; 0 never [10]"
+    ),
+    device: str | None = typer.Option(None, help="auto|cpu|cuda [auto]"),
+    seed: int | None = typer.Option(None, help="random seed [0]"),
+    config: Path | None = typer.Option(
+        None, help="TOML/JSON file of options (same names as the flags)"
+    ),
     resume: bool = typer.Option(False, "--resume", help="continue the interrupted run in --out"),
     overwrite: bool = typer.Option(False, "--overwrite", help="replace an existing run in --out"),
     progress: bool = typer.Option(True, help="progress bar on stderr"),
     as_json: bool = typer.Option(False, "--json"),
 ):
     """Train a model; model hyperparameters (see 'recsys models') are passed as --name value."""
-    given = dict(epochs=epochs, batch_size=batch_size, lr=lr, dim=dim, layers=layers, eval_every=eval_every, patience=patience, device=device, seed=seed)
+    given = dict(
+        epochs=epochs,
+        batch_size=batch_size,
+        lr=lr,
+        dim=dim,
+        layers=layers,
+        eval_every=eval_every,
+        patience=patience,
+        device=device,
+        seed=seed,
+    )
     options = {k: v for k, v in given.items() if v is not None} | extra_options(ctx.args)
-    summary = api.train(dataset, out, model, options, config, resume=resume, overwrite=overwrite, progress=progress)
+    summary = api.train(
+        dataset, out, model, options, config, resume=resume, overwrite=overwrite, progress=progress
+    )
     emit(summary, as_json)
 
 
@@ -171,9 +206,15 @@ def evaluate(
     run: Path = typer.Argument(..., help="run directory"),
     split: str = typer.Option("test", help="valid|test"),
     k: str = typer.Option("10,20,40", help="cut-offs, comma-separated"),
-    by_degree: bool = typer.Option(False, "--by-degree", help="also metrics by user-degree quintile"),
-    exclude_valid: bool = typer.Option(False, "--exclude-valid", help="when testing, also exclude validation items from ranking"),
-    data: Optional[Path] = typer.Option(None, help="dataset folder (default: the one the run was trained on)"),
+    by_degree: bool = typer.Option(
+        False, "--by-degree", help="also metrics by user-degree quintile"
+    ),
+    exclude_valid: bool = typer.Option(
+        False, "--exclude-valid", help="when testing, also exclude validation items from ranking"
+    ),
+    data: Path | None = typer.Option(
+        None, help="dataset folder (default: the one the run was trained on)"
+    ),
     as_json: bool = typer.Option(False, "--json"),
 ):
     """Full-ranking Recall, NDCG, Precision, HitRate, MRR @K and coverage; training items excluded."""
@@ -186,19 +227,28 @@ def evaluate(
         metrics = [f"recall@{k_}" for k_ in parse_ks(k)] + [f"ndcg@{k_}" for k_ in parse_ks(k)]
         typer.echo("\ndegree      users  " + "  ".join(f"{m:>10}" for m in metrics))
         for g in result["by_degree"]:
-            typer.echo(f"{g['min_degree']:>4}-{g['max_degree']:<5} {g['n_users']:>6}  " + "  ".join(f"{g[m]:>10.4f}" for m in metrics))
+            typer.echo(
+                f"{g['min_degree']:>4}-{g['max_degree']:<5} {g['n_users']:>6}  "
+                + "  ".join(f"{g[m]:>10.4f}" for m in metrics)
+            )
 
 
 @app.command()
 @user_errors
 def recommend(
     run: Path = typer.Argument(..., help="run directory"),
-    user: Optional[list[str]] = typer.Option(None, "--user", help="raw user id (repeatable)"),
-    users_file: Optional[Path] = typer.Option(None, help="file with one raw user id per line"),
+    user: list[str] | None = typer.Option(None, "--user", help="raw user id (repeatable)"),
+    users_file: Path | None = typer.Option(None, help="file with one raw user id per line"),
     k: int = typer.Option(20, help="items per user"),
-    output: Optional[Path] = typer.Option(None, help="write .csv, .parquet or .json instead of printing"),
+    output: Path | None = typer.Option(
+        None, help="write .csv, .parquet or .json instead of printing"
+    ),
     index: str = typer.Option("flat", help="flat (exact) | ivf | hnsw"),
-    explain: bool = typer.Option(False, "--explain", help="per item, the user's top intents and their share of the score (dccf)"),
+    explain: bool = typer.Option(
+        False,
+        "--explain",
+        help="per item, the user's top intents and their share of the score (dccf)",
+    ),
 ):
     """Top-K unseen items for users given by raw id."""
     ids = list(user or [])
@@ -213,7 +263,9 @@ def recommend(
     recs = api.TrainedModel.load(run, index).recommend(ids, k, explain)
     if output is not None:
         api.write_table(recs, output)
-        typer.echo(f"wrote {recs.height} recommendations for {len(ids)} users to {output}", err=True)
+        typer.echo(
+            f"wrote {recs.height} recommendations for {len(ids)} users to {output}", err=True
+        )
     else:
         with_pl_config(lambda: typer.echo(recs))
 
@@ -227,7 +279,7 @@ def with_pl_config(fn):
 
 @app.command()
 @user_errors
-def models(name: Optional[str] = typer.Argument(None, help="show one model's options")):
+def models(name: str | None = typer.Argument(None, help="show one model's options")):
     """List models and their hyperparameters (flags and config keys)."""
     for model in [name] if name else list(MODELS):
         try:
@@ -237,33 +289,111 @@ def models(name: Optional[str] = typer.Argument(None, help="show one model's opt
                 raise
             typer.echo(f"{model}: unavailable ({e})")
             continue
-        defaults = {**{f.name: f.default for f in dataclasses.fields(TrainParams) if f.default is not dataclasses.MISSING}, **cls.train_defaults}
-        typer.echo(f"{model}:  (training defaults: " + ", ".join(f"{k}={defaults[k]}" for k in ("batch_size", "lr", "epochs")) + ")")
+        defaults = {
+            **{
+                f.name: f.default
+                for f in dataclasses.fields(TrainParams)
+                if f.default is not dataclasses.MISSING
+            },
+            **cls.train_defaults,
+        }
+        typer.echo(
+            f"{model}:  (training defaults: "
+            + ", ".join(f"{k}={defaults[k]}" for k in ("batch_size", "lr", "epochs"))
+            + ")"
+        )
         for f in dataclasses.fields(cls.Params):
             aliases = "".join(f" / --{a}" for a in f.metadata.get("aliases", ()))
-            typer.echo(f"  --{f.name.replace('_', '-')}{aliases}  {f.default}   {f.metadata.get('help', '')}")
+            typer.echo(
+                f"  --{f.name.replace('_', '-')}{aliases}  {f.default}   {f.metadata.get('help', '')}"
+            )
 
 
 @app.command()
 @user_errors
 def demo(
-    out: Path = typer.Option(Path("runs/demo"), "--out", help="folder for the dataset, runs and recommendations"),
+    out: Path = typer.Option(
+        Path("runs/demo"), "--out", help="folder for the dataset, runs and recommendations"
+    ),
     model: str = typer.Option("lightgcn", help="model to train"),
     epochs: int = typer.Option(30, help="maximum epochs"),
 ):
     """The quick start: prepare data/sample.csv, train, evaluate on test, recommend for 5 users."""
     if not SAMPLE_LOG.is_file():
-        raise ConfigError(f"{SAMPLE_LOG}: the bundled sample is missing; make it with 'recsys data synth --out {SAMPLE_LOG}'")
+        raise ConfigError(
+            f"{SAMPLE_LOG}: the bundled sample is missing; make it with 'recsys data synth --out {SAMPLE_LOG}'"
+        )
     data_dir, run_dir = out / "data", out / model
-    summary = api.prepare(SAMPLE_LOG, data_dir, rating_col="rating", time_col="timestamp", min_rating=4, split="random:0.8", valid=0.1, seed=0)
-    typer.echo(f"dataset: {summary['users']} users, {summary['items']} items, {summary['interactions']}", err=True)
+    summary = api.prepare(
+        SAMPLE_LOG,
+        data_dir,
+        rating_col="rating",
+        time_col="timestamp",
+        min_rating=4,
+        split="random:0.8",
+        valid=0.1,
+        seed=0,
+    )
+    typer.echo(
+        f"dataset: {summary['users']} users, {summary['items']} items, {summary['interactions']}",
+        err=True,
+    )
     for name in ("mostpop", model):
-        result = api.train(data_dir, out / name, name, {"epochs": epochs} if name == model else {}, overwrite=True, progress=False)
-        typer.echo(f"{name:>9}  test " + "  ".join(f"{m} {result['test'][m]:.4f}" for m in ("recall@20", "ndcg@20", "precision@20", "hit@20")))
+        result = api.train(
+            data_dir,
+            out / name,
+            name,
+            {"epochs": epochs} if name == model else {},
+            overwrite=True,
+            progress=False,
+        )
+        typer.echo(
+            f"{name:>9}  test "
+            + "  ".join(
+                f"{m} {result['test'][m]:.4f}"
+                for m in ("recall@20", "ndcg@20", "precision@20", "hit@20")
+            )
+        )
     users = api.TrainedModel.load(run_dir).dataset.users.raw(range(5)).to_list()
     recs = api.TrainedModel.load(run_dir).recommend(users, k=10)
     api.write_table(recs, out / "recommendations.csv")
-    typer.echo(f"recommendations for {', '.join(map(str, users))} written to {out / 'recommendations.csv'}")
+    typer.echo(
+        f"recommendations for {', '.join(map(str, users))} written to {out / 'recommendations.csv'}"
+    )
+
+
+@app.command()
+@user_errors
+def benchmark(
+    data: Path = typer.Option(
+        SAMPLE_LOG, "--data", help="dataset folder, or a log / pre-split folder to prepare first"
+    ),
+    models: str = typer.Option(
+        "mostpop,als,bpr,mf,lightgcn,lightgcl,dccf", help="comma-separated model names"
+    ),
+    budget_minutes: float = typer.Option(
+        60.0, help="training minutes shared by the gradient-trained models"
+    ),
+    out: Path = typer.Option(Path("results/benchmark"), "--out", help="results folder"),
+    seed: int = typer.Option(0, help="seed of every run"),
+):
+    """Tune, train and test several models; write results.md/.csv, PNG plots and run manifests."""
+    from recsys.benchmark import run_benchmark
+
+    rows = run_benchmark(
+        data, out, [m.strip() for m in models.split(",") if m.strip()], budget_minutes, seed=seed
+    )
+    for row in rows:
+        test = row.get("summary", {}).get("test", {})
+        typer.echo(
+            f"{row['model']:>9}  "
+            + (
+                f"test recall@20 {test['recall@20']:.4f}  ndcg@20 {test['ndcg@20']:.4f}"
+                if test
+                else row["status"]
+            )
+        )
+    typer.echo(f"results in {out / 'results.md'}")
 
 
 def main() -> None:

@@ -144,7 +144,11 @@ def metrics_by_degree(result: EvalResult, train: sp.csr_matrix, n_groups: int = 
     for members in np.array_split(order, n_groups):
         if not len(members):
             continue
-        row = {"min_degree": int(degree[members].min()), "max_degree": int(degree[members].max()), "n_users": len(members)}
+        row = {
+            "min_degree": int(degree[members].min()),
+            "max_degree": int(degree[members].max()),
+            "n_users": len(members),
+        }
         row.update({name: float(v[members].mean()) for name, v in result.per_user.items()})
         groups.append(row)
     return groups

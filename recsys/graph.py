@@ -8,14 +8,12 @@ then `(R̃ @ E_items, R̃ᵀ @ E_users)`.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import warnings
+from dataclasses import dataclass
 
 import numpy as np
 import scipy.sparse as sp
 import torch
-
 
 # Sparse CSR is "beta" in torch, but the CSR @ dense product used here is stable and fastest.
 warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta state")
@@ -51,8 +49,19 @@ class Graph:
 
     def with_values(self, values: torch.Tensor) -> Graph:
         """The same edges with new weights (e.g. a learned mask), CSR views rebuilt cheaply."""
-        adj, adj_t = _csr_pair(self.edge_user, self.edge_item, self.by_item, values, self.n_users, self.n_items)
-        return Graph(self.n_users, self.n_items, self.edge_user, self.edge_item, self.by_item, values, adj, adj_t)
+        adj, adj_t = _csr_pair(
+            self.edge_user, self.edge_item, self.by_item, values, self.n_users, self.n_items
+        )
+        return Graph(
+            self.n_users,
+            self.n_items,
+            self.edge_user,
+            self.edge_item,
+            self.by_item,
+            values,
+            adj,
+            adj_t,
+        )
 
 
 def _csr_pair(edge_user, edge_item, by_item, values, n_users, n_items):
@@ -62,12 +71,22 @@ def _csr_pair(edge_user, edge_item, by_item, values, n_users, n_items):
     crow[1:] = torch.cumsum(torch.bincount(edge_user, minlength=n_users), 0)
     crow_t = torch.zeros(n_items + 1, dtype=torch.int64, device=values.device)
     crow_t[1:] = torch.cumsum(torch.bincount(edge_item, minlength=n_items), 0)
-    adj = torch.sparse_csr_tensor(crow, edge_item, values, (n_users, n_items), check_invariants=False)
-    adj_t = torch.sparse_csr_tensor(crow_t, edge_user[by_item], values[by_item], (n_items, n_users), check_invariants=False)
+    adj = torch.sparse_csr_tensor(
+        crow, edge_item, values, (n_users, n_items), check_invariants=False
+    )
+    adj_t = torch.sparse_csr_tensor(
+        crow_t, edge_user[by_item], values[by_item], (n_items, n_users), check_invariants=False
+    )
     return adj, adj_t
 
 
-def graph_from_edges(edge_user: torch.Tensor, edge_item: torch.Tensor, values: torch.Tensor, n_users: int, n_items: int) -> Graph:
+def graph_from_edges(
+    edge_user: torch.Tensor,
+    edge_item: torch.Tensor,
+    values: torch.Tensor,
+    n_users: int,
+    n_items: int,
+) -> Graph:
     """A Graph from edges already sorted by (user, item)."""
     by_item = torch.argsort(edge_item * n_users + edge_user)
     adj, adj_t = _csr_pair(edge_user, edge_item, by_item, values, n_users, n_items)
@@ -117,11 +136,22 @@ class _EdgeMatmul(torch.autograd.Function):
         return grad_values, grad_x, None, None, None, None
 
 
-def propagate(graph: Graph, user_x: torch.Tensor, item_x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def propagate(
+    graph: Graph, user_x: torch.Tensor, item_x: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
     """One hop over the bipartite graph: (R̃ @ item_x, R̃ᵀ @ user_x), each (n, d) float32."""
     values_t = graph.values[graph.by_item] if graph.values.requires_grad else graph.adj_t.values()
-    to_users = _EdgeMatmul.apply(graph.values, item_x, graph.adj, graph.adj_t, graph.edge_user, graph.edge_item)
-    to_items = _EdgeMatmul.apply(values_t, user_x, graph.adj_t, graph.adj, graph.edge_item[graph.by_item], graph.edge_user[graph.by_item])
+    to_users = _EdgeMatmul.apply(
+        graph.values, item_x, graph.adj, graph.adj_t, graph.edge_user, graph.edge_item
+    )
+    to_items = _EdgeMatmul.apply(
+        values_t,
+        user_x,
+        graph.adj_t,
+        graph.adj,
+        graph.edge_item[graph.by_item],
+        graph.edge_user[graph.by_item],
+    )
     return to_users, to_items
 
 
@@ -137,14 +167,21 @@ def drop_edges(graph: Graph, p: float, generator: torch.Generator) -> Graph:
     return Graph(graph.n_users, graph.n_items, edge_user, edge_item, by_item, values, adj, adj_t)
 
 
-def truncated_svd(graph: Graph, rank: int, generator: torch.Generator, n_iter: int = 4) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def truncated_svd(
+    graph: Graph, rank: int, generator: torch.Generator, n_iter: int = 4
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Randomised rank-q SVD R̃ ≈ U diag(S) Vᵀ: U (n_users, q), S (q,), V (n_items, q).
 
     torch.svd_lowrank draws from the global RNG; we fork it and seed from `generator` so the
     factors depend only on the caller's seed.
     """
     seed = int(torch.randint(0, 2**62, (1,), generator=generator))
-    coo = torch.sparse_coo_tensor(torch.stack([graph.edge_user, graph.edge_item]), graph.values, (graph.n_users, graph.n_items))
+    coo = torch.sparse_coo_tensor(
+        torch.stack([graph.edge_user, graph.edge_item]),
+        graph.values,
+        (graph.n_users, graph.n_items),
+        check_invariants=False,
+    )
     devices = [graph.device] if graph.device.type == "cuda" else []
     with torch.random.fork_rng(devices=devices):
         torch.manual_seed(seed)

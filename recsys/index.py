@@ -20,7 +20,13 @@ from recsys.errors import RunError
 INDEX_KINDS = ("flat", "ivf", "hnsw")
 
 
-def build_index(item_emb: np.ndarray, kind: str = "flat", nlist: int | None = None, hnsw_m: int = 32, nprobe: int = 16) -> faiss.Index:
+def build_index(
+    item_emb: np.ndarray,
+    kind: str = "flat",
+    nlist: int | None = None,
+    hnsw_m: int = 32,
+    nprobe: int = 16,
+) -> faiss.Index:
     """An inner-product index holding `item_emb` (n_items, d) float32; row i has id i."""
     item_emb = np.ascontiguousarray(item_emb, dtype=np.float32)
     n, d = item_emb.shape
@@ -28,7 +34,9 @@ def build_index(item_emb: np.ndarray, kind: str = "flat", nlist: int | None = No
         index = faiss.IndexFlatIP(d)
     elif kind == "ivf":
         nlist = nlist or max(1, int(4 * np.sqrt(n)))
-        index = faiss.IndexIVFFlat(faiss.IndexFlatIP(d), d, min(nlist, n), faiss.METRIC_INNER_PRODUCT)
+        index = faiss.IndexIVFFlat(
+            faiss.IndexFlatIP(d), d, min(nlist, n), faiss.METRIC_INNER_PRODUCT
+        )
         index.train(item_emb)
         index.nprobe = nprobe
     elif kind == "hnsw":
@@ -39,7 +47,13 @@ def build_index(item_emb: np.ndarray, kind: str = "flat", nlist: int | None = No
     return index
 
 
-def search(index: faiss.Index, user_vecs: np.ndarray, k: int, seen: sp.csr_matrix | None = None, rows: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+def search(
+    index: faiss.Index,
+    user_vecs: np.ndarray,
+    k: int,
+    seen: sp.csr_matrix | None = None,
+    rows: np.ndarray | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
     """Top-k items per query, excluding each user's seen items.
 
     Args:
@@ -72,7 +86,9 @@ def search(index: faiss.Index, user_vecs: np.ndarray, k: int, seen: sp.csr_matri
     return out_items, out_scores
 
 
-def recall_vs_exact(index: faiss.Index, item_emb: np.ndarray, queries: np.ndarray, k: int = 20) -> float:
+def recall_vs_exact(
+    index: faiss.Index, item_emb: np.ndarray, queries: np.ndarray, k: int = 20
+) -> float:
     """Fraction of the exact top-k that `index` returns (1.0 for the flat index)."""
     exact = faiss.IndexFlatIP(item_emb.shape[1])
     exact.add(np.ascontiguousarray(item_emb, dtype=np.float32))

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import polars as pl
 import scipy.sparse as sp
 
 from recsys.atomic import atomic_dir
@@ -46,7 +47,8 @@ class Dataset:
             m = getattr(self, name)
             if m is None:
                 continue
-            m = sp.csr_matrix(m, dtype=np.float32)
+            # Copy: binarising in place would overwrite the caller's matrix (e.g. its weights).
+            m = sp.csr_matrix(m, dtype=np.float32, copy=True)
             if m.shape != shape:
                 raise DataError(f"{name} split has shape {m.shape}, expected {shape}")
             m.sum_duplicates()
@@ -122,9 +124,10 @@ class Dataset:
                 arrays = dict(z)
             users = IdMap.load(path / "users.parquet", "user")
             items = IdMap.load(path / "items.parquet", "item")
-        except (OSError, ValueError, KeyError) as e:
-            raise DataError(f"{path}: unreadable dataset folder ({e})") from e
-        shape = tuple(int(x) for x in arrays["shape"])
+            shape = tuple(int(x) for x in arrays["shape"])
+        except (OSError, ValueError, KeyError, pl.exceptions.PolarsError) as e:
+            reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise DataError(f"{path}: unreadable dataset folder ({reason})") from None
         mats = {}
         for name in SPLITS:
             if f"{name}_indptr" in arrays:

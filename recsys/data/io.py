@@ -145,6 +145,9 @@ def number_column(
     """
     if values.dtype.is_numeric():
         numbers = values
+    elif values.dtype.is_temporal():
+        # Parquet logs often store datetimes; splits only need their order, so epoch seconds.
+        return values.dt.epoch("s").rename(field)
     else:
         text = values.cast(pl.String).str.strip_chars()
         numbers = text.cast(pl.Int64, strict=False)
@@ -153,9 +156,8 @@ def number_column(
     bad = numbers.is_null() | (numbers.is_nan() if numbers.dtype.is_float() else False)
     if bad.any():
         row = int(bad.arg_true()[0])
-        raise DataError(
-            f"{path}: {where} {first_line + row}: {field} {values[row]!r} is not a number"
-        )
+        value = "" if values[row] is None else values[row]
+        raise DataError(f"{path}: {where} {first_line + row}: {field} {value!r} is not a number")
     return numbers.rename(field)
 
 

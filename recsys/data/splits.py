@@ -106,10 +106,12 @@ def per_user_count(frac: float) -> pl.Expr:
 
 
 def check_fraction(name: str, frac: float) -> None:
+    """DataError unless 0 < frac <= 1."""
     if not 0 < frac <= 1:
         raise DataError(f"{name} must be in (0, 1], got {frac}")
 
 
 def require_timestamp(df: pl.DataFrame) -> None:
+    """DataError unless `df` has a `timestamp` column."""
     if "timestamp" not in df.columns:
         raise DataError("a time-based split needs a timestamp column; pass time_col")

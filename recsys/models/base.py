@@ -44,7 +44,9 @@ class Recommender(nn.Module):
     train_defaults: ClassVar[dict[str, Any]] = {}
     trainable: ClassVar[bool] = True
 
-    def __init__(self, n_users: int, n_items: int, params: Any, graph: Graph, generator: torch.Generator):
+    def __init__(
+        self, n_users: int, n_items: int, params: Any, graph: Graph, generator: torch.Generator
+    ):
         super().__init__()
         self.n_users, self.n_items, self.params = n_users, n_items, params
         self.generator = generator  # the run's one torch random source (init, dropout, sampling)

@@ -26,7 +26,10 @@ from recsys.models.base import Batch, EmbeddingRecommender, bpr_loss, l2_penalty
 class LightGCNParams:
     dim: int = field(default=64, metadata={"help": "embedding size d"})
     layers: int = field(default=3, metadata={"help": "propagation layers K"})
-    reg: float = field(default=1e-4, metadata={"help": "L2 weight λ on the batch's ego embeddings", "aliases": ("emb_reg",)})
+    reg: float = field(
+        default=1e-4,
+        metadata={"help": "L2 weight λ on the batch's ego embeddings", "aliases": ("emb_reg",)},
+    )
     dropout: float = field(default=0.0, metadata={"help": "edge dropout rate during training"})
 
 
@@ -52,5 +55,9 @@ class LightGCN(EmbeddingRecommender):
     def loss_terms(self, batch: Batch, graph):
         users, items = self.propagate(graph)
         u, p, n = users[batch.users], items[batch.pos_items], items[batch.neg_items]
-        ego = (self.user_emb[batch.users], self.item_emb[batch.pos_items], self.item_emb[batch.neg_items])
+        ego = (
+            self.user_emb[batch.users],
+            self.item_emb[batch.pos_items],
+            self.item_emb[batch.neg_items],
+        )
         return {"bpr": bpr_loss(u, p, n), "reg": self.params.reg * l2_penalty(*ego)}

@@ -18,7 +18,10 @@ from recsys.models.base import Batch, EmbeddingRecommender, bpr_loss, l2_penalty
 @dataclass
 class MFParams:
     dim: int = field(default=64, metadata={"help": "embedding size d"})
-    reg: float = field(default=1e-4, metadata={"help": "L2 weight on the batch's embeddings", "aliases": ("emb_reg",)})
+    reg: float = field(
+        default=1e-4,
+        metadata={"help": "L2 weight on the batch's embeddings", "aliases": ("emb_reg",)},
+    )
 
 
 class MF(EmbeddingRecommender):
@@ -29,5 +32,9 @@ class MF(EmbeddingRecommender):
         return self.user_emb, self.item_emb
 
     def loss_terms(self, batch: Batch, graph):
-        u, p, n = self.user_emb[batch.users], self.item_emb[batch.pos_items], self.item_emb[batch.neg_items]
+        u, p, n = (
+            self.user_emb[batch.users],
+            self.item_emb[batch.pos_items],
+            self.item_emb[batch.neg_items],
+        )
         return {"bpr": bpr_loss(u, p, n), "reg": self.params.reg * l2_penalty(u, p, n)}

@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import tomllib
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
+
+import tomllib
 
 from recsys.errors import ConfigError
 from recsys.models import model_class
@@ -21,16 +22,28 @@ from recsys.models import model_class
 
 @dataclass
 class TrainParams:
-    epochs: int = field(default=100, metadata={"help": "maximum training epochs (passes over the training interactions)"})
+    epochs: int = field(
+        default=100,
+        metadata={"help": "maximum training epochs (passes over the training interactions)"},
+    )
     batch_size: int = field(default=2048, metadata={"help": "BPR triples per step"})
     lr: float = field(default=1e-3, metadata={"help": "Adam learning rate"})
     eval_every: int = field(default=1, metadata={"help": "validate every N epochs"})
-    patience: int = field(default=10, metadata={"help": "stop after N validations without improvement (0: never stop early)"})
-    metric: str = field(default="recall@20", metadata={"help": "validation metric for early stopping"})
-    eval_k: list[int] = field(default_factory=lambda: [10, 20, 40], metadata={"help": "cut-offs K for evaluation"})
+    patience: int = field(
+        default=10,
+        metadata={"help": "stop after N validations without improvement (0: never stop early)"},
+    )
+    metric: str = field(
+        default="recall@20", metadata={"help": "validation metric for early stopping"}
+    )
+    eval_k: list[int] = field(
+        default_factory=lambda: [10, 20, 40], metadata={"help": "cut-offs K for evaluation"}
+    )
     device: str = field(default="auto", metadata={"help": "auto | cpu | cuda"})
     seed: int = field(default=0, metadata={"help": "seed for initialisation, sampling and dropout"})
-    max_minutes: float = field(default=0.0, metadata={"help": "stop training after this wall time (0: no limit)"})
+    max_minutes: float = field(
+        default=0.0, metadata={"help": "stop training after this wall time (0: no limit)"}
+    )
 
 
 @dataclass
@@ -40,7 +53,11 @@ class RunConfig:
     params: Any
 
     def to_dict(self) -> dict:
-        return {"model": self.model, "train": dataclasses.asdict(self.train), "params": dataclasses.asdict(self.params)}
+        return {
+            "model": self.model,
+            "train": dataclasses.asdict(self.train),
+            "params": dataclasses.asdict(self.params),
+        }
 
     @classmethod
     def from_dict(cls, d: dict) -> RunConfig:
@@ -92,7 +109,9 @@ def resolve_config(model: str, *layers: tuple[str, dict[str, Any]]) -> RunConfig
             norm = key.replace("-", "_")
             if norm not in table:
                 valid = ", ".join(sorted(table))
-                raise ConfigError(f"{source}: unknown option {key!r} for model {model!r} (valid: {valid})")
+                raise ConfigError(
+                    f"{source}: unknown option {key!r} for model {model!r} (valid: {valid})"
+                )
             section, f = table[norm]
             values[section][f.name] = _coerce(value, f, key, source)
     return RunConfig(model, TrainParams(**values["train"]), cls.Params(**values["params"]))
@@ -104,9 +123,15 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
     if not path.is_file():
         raise ConfigError(f"{path}: no such config file")
     try:
-        data = json.loads(path.read_text()) if path.suffix == ".json" else tomllib.loads(path.read_text())
+        data = (
+            json.loads(path.read_text())
+            if path.suffix == ".json"
+            else tomllib.loads(path.read_text())
+        )
     except (ValueError, tomllib.TOMLDecodeError) as e:
-        raise ConfigError(f"{path}: not valid {'JSON' if path.suffix == '.json' else 'TOML'} ({e})") from None
+        raise ConfigError(
+            f"{path}: not valid {'JSON' if path.suffix == '.json' else 'TOML'} ({e})"
+        ) from None
     flat: dict[str, Any] = {}
     for key, value in data.items():
         if isinstance(value, dict):

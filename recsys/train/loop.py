@@ -37,11 +37,15 @@ def resolve_device(device: str) -> torch.device:
     return torch.device(device)
 
 
-def build_model(config: RunConfig, ds: Dataset, device: torch.device) -> tuple[Recommender, object, torch.Generator]:
+def build_model(
+    config: RunConfig, ds: Dataset, device: torch.device
+) -> tuple[Recommender, object, torch.Generator]:
     """Model, training graph and the torch generator it draws from, all on `device`."""
     generator = torch.Generator().manual_seed(config.train.seed)
     graph = normalized_adjacency(ds.train, device)
-    model = model_class(config.model)(ds.n_users, ds.n_items, config.params, graph, generator).to(device)
+    model = model_class(config.model)(ds.n_users, ds.n_items, config.params, graph, generator).to(
+        device
+    )
     return model, graph, generator
 
 
@@ -49,7 +53,14 @@ def peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def train(ds: Dataset, dataset_path: str | Path, config: RunConfig, run_dir: str | Path, resume: bool = False, progress: bool = True) -> dict:
+def train(
+    ds: Dataset,
+    dataset_path: str | Path,
+    config: RunConfig,
+    run_dir: str | Path,
+    resume: bool = False,
+    progress: bool = True,
+) -> dict:
     """Train `config.model` on `ds`, writing the run directory; returns the final summary.
 
     Early stopping watches `config.train.metric` on the validation split; without one, the
@@ -64,11 +75,19 @@ def train(ds: Dataset, dataset_path: str | Path, config: RunConfig, run_dir: str
     rng = np.random.default_rng(opts.seed)
     has_valid = ds.valid is not None
     metric_name = opts.metric.lower()
-    if has_valid and metric_name not in {f"{m}@{k}" for m in ("recall", "ndcg", "precision", "hit", "mrr") for k in opts.eval_k}:
-        raise ConfigError(f"metric {opts.metric!r} is not computed; use one of recall|ndcg|precision|hit|mrr @ one of eval_k {opts.eval_k}")
+    if has_valid and metric_name not in {
+        f"{m}@{k}" for m in ("recall", "ndcg", "precision", "hit", "mrr") for k in opts.eval_k
+    }:
+        raise ConfigError(
+            f"metric {opts.metric!r} is not computed; use one of recall|ndcg|precision|hit|mrr @ one of eval_k {opts.eval_k}"
+        )
 
     state = {"epoch": 0, "best": -math.inf, "best_epoch": 0, "bad_evals": 0, "train_seconds": 0.0}
-    optimizer = torch.optim.Adam(model.parameters(), lr=opts.lr) if model.trainable and any(True for _ in model.parameters()) else None
+    optimizer = (
+        torch.optim.Adam(model.parameters(), lr=opts.lr)
+        if model.trainable and any(True for _ in model.parameters())
+        else None
+    )
     if resume:
         ckpt = run.load_torch(run.checkpoint, device)
         model.load_state_dict(ckpt["model"])
@@ -83,7 +102,14 @@ def train(ds: Dataset, dataset_path: str | Path, config: RunConfig, run_dir: str
         run.path.mkdir(parents=True, exist_ok=True)
         run.metrics_log.unlink(missing_ok=True)
         run.write_config(
-            {**config.to_dict(), "dataset": {"path": str(Path(dataset_path).resolve()), "fingerprint": ds.fingerprint}, "device": str(device)}
+            {
+                **config.to_dict(),
+                "dataset": {
+                    "path": str(Path(dataset_path).resolve()),
+                    "fingerprint": ds.fingerprint,
+                },
+                "device": str(device),
+            }
         )
 
     if not model.trainable:
@@ -93,25 +119,54 @@ def train(ds: Dataset, dataset_path: str | Path, config: RunConfig, run_dir: str
         run.save_torch(run.best, model.state_dict())
     else:
         if not has_valid:
-            log.warning("dataset has no validation split: training a fixed %d epochs and keeping the last weights", opts.epochs)
+            log.warning(
+                "dataset has no validation split: training a fixed %d epochs and keeping the last weights",
+                opts.epochs,
+            )
         sampler = BPRSampler(ds.train, rng)
-        _fit(model, graph, optimizer, sampler, ds, opts, run, state, has_valid, metric_name, device, progress)
+        _fit(
+            model,
+            graph,
+            optimizer,
+            sampler,
+            ds,
+            opts,
+            run,
+            state,
+            has_valid,
+            metric_name,
+            device,
+            progress,
+        )
 
     return finish(model, graph, ds, run, state, opts)
 
 
-def _fit(model, graph, optimizer, sampler, ds, opts, run, state, has_valid, metric_name, device, progress):
+def _fit(
+    model, graph, optimizer, sampler, ds, opts, run, state, has_valid, metric_name, device, progress
+):
     n_batches = sampler.n_batches(opts.batch_size)
     last_metrics: dict = {}
     while state["epoch"] < opts.epochs:
         if opts.max_minutes and state["train_seconds"] > 60 * opts.max_minutes:
-            log.info("time budget of %.1f minutes reached after %d epochs", opts.max_minutes, state["epoch"])
+            log.info(
+                "time budget of %.1f minutes reached after %d epochs",
+                opts.max_minutes,
+                state["epoch"],
+            )
             break
         epoch = state["epoch"] + 1
         model.train()
         t0 = time.perf_counter()
         sums: dict[str, float] = {}
-        bar = tqdm(sampler.epoch(opts.batch_size), total=n_batches, desc=f"epoch {epoch}", file=sys.stderr, disable=not progress, leave=False)
+        bar = tqdm(
+            sampler.epoch(opts.batch_size),
+            total=n_batches,
+            desc=f"epoch {epoch}",
+            file=sys.stderr,
+            disable=not progress,
+            leave=False,
+        )
         for users, pos, neg in bar:
             batch = Batch(*(torch.from_numpy(a).to(device) for a in (users, pos, neg)))
             terms = model.loss_terms(batch, graph)
@@ -126,9 +181,15 @@ def _fit(model, graph, optimizer, sampler, ds, opts, run, state, has_valid, metr
             torch.cuda.synchronize()
         epoch_seconds = time.perf_counter() - t0
         state["train_seconds"] += epoch_seconds
-        row = {"epoch": epoch, "loss": sum(sums.values()) / n_batches, **{k: v / n_batches for k, v in sums.items()}}
+        row = {
+            "epoch": epoch,
+            "loss": sum(sums.values()) / n_batches,
+            **{k: v / n_batches for k, v in sums.items()},
+        }
         if not all(math.isfinite(v) for v in row.values()):
-            raise RunError(f"{run.path}: loss became {row['loss']} at epoch {epoch}; lower --lr or raise regularisation")
+            raise RunError(
+                f"{run.path}: loss became {row['loss']} at epoch {epoch}; lower --lr or raise regularisation"
+            )
         row.update(epoch_seconds=epoch_seconds, elapsed_seconds=state["train_seconds"])
         state["epoch"] = epoch
         stop = False
@@ -149,7 +210,13 @@ def _fit(model, graph, optimizer, sampler, ds, opts, run, state, has_valid, metr
             state["best_epoch"] = epoch
             run.save_torch(run.best, model.state_dict())
         run.append_metrics(row)
-        log.info("epoch %d  loss %.4f  %.1fs  %s", epoch, row["loss"], epoch_seconds, " ".join(f"{k} {v}" for k, v in last_metrics.items()))
+        log.info(
+            "epoch %d  loss %.4f  %.1fs  %s",
+            epoch,
+            row["loss"],
+            epoch_seconds,
+            " ".join(f"{k} {v}" for k, v in last_metrics.items()),
+        )
         run.save_torch(
             run.checkpoint,
             {
@@ -161,7 +228,13 @@ def _fit(model, graph, optimizer, sampler, ds, opts, run, state, has_valid, metr
             },
         )
         if stop:
-            log.info("early stop: %s has not improved for %d validations (best %.4f at epoch %d)", metric_name, opts.patience, state["best"], state["best_epoch"])
+            log.info(
+                "early stop: %s has not improved for %d validations (best %.4f at epoch %d)",
+                metric_name,
+                opts.patience,
+                state["best"],
+                state["best_epoch"],
+            )
             break
 
 
@@ -180,14 +253,20 @@ def finish(model: Recommender, graph, ds: Dataset, run: RunDir, state: dict, opt
     users, items = (t.float().cpu().numpy() for t in model.final_embeddings(graph))
     run.save_embeddings(users, items)
     save_index(build_index(items), run.index)
-    summary = {"best_epoch": state["best_epoch"], "epochs": state["epoch"], "train_seconds": state["train_seconds"]}
+    summary = {
+        "best_epoch": state["best_epoch"],
+        "epochs": state["epoch"],
+        "train_seconds": state["train_seconds"],
+    }
     rows = run.read_metrics()
     if rows:
         summary["seconds_per_epoch"] = float(np.median([r["epoch_seconds"] for r in rows]))
     for split in ("valid", "test"):
         if getattr(ds, split) is not None:
             t0 = time.perf_counter()
-            summary[split] = evaluate(users, items, ds.train, getattr(ds, split), tuple(opts.eval_k)).metrics
+            summary[split] = evaluate(
+                users, items, ds.train, getattr(ds, split), tuple(opts.eval_k)
+            ).metrics
             summary[f"{split}_eval_seconds"] = time.perf_counter() - t0
     summary["peak_rss_mib"] = peak_rss_mib()
     run.write_summary(summary)

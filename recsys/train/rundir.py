@@ -1,12 +1,12 @@
 """The run directory: everything a training run leaves, each file written atomically.
 
-    config.json       resolved configuration, dataset path and fingerprint
-    metrics.jsonl     one JSON line per epoch: loss terms, seconds, validation metrics
-    checkpoint.pt     last state (weights, optimizer, random generators, early-stopping state)
-    best.pt           weights of the best validated epoch
-    embeddings.npz    final user and item embeddings of the best weights
-    index.faiss       FAISS inner-product index over the item embeddings
-    metrics.json      final summary: best epoch, validation and test metrics, timings
+config.json       resolved configuration, dataset path and fingerprint
+metrics.jsonl     one JSON line per epoch: loss terms, seconds, validation metrics
+checkpoint.pt     last state (weights, optimizer, random generators, early-stopping state)
+best.pt           weights of the best validated epoch
+embeddings.npz    final user and item embeddings of the best weights
+index.faiss       FAISS inner-product index over the item embeddings
+metrics.json      final summary: best epoch, validation and test metrics, timings
 """
 
 from __future__ import annotations
@@ -38,7 +38,9 @@ class RunDir:
 
     def read_config(self) -> dict:
         if not self.exists():
-            raise RunError(f"{self.path}: not a run directory (no config.json); make one with 'recsys train'")
+            raise RunError(
+                f"{self.path}: not a run directory (no config.json); make one with 'recsys train'"
+            )
         return json.loads(self.config.read_text())
 
     def write_config(self, config: dict) -> None:
@@ -62,12 +64,16 @@ class RunDir:
     def read_metrics(self) -> list[dict]:
         if not self.metrics_log.is_file():
             return []
-        return [json.loads(line) for line in self.metrics_log.read_text().splitlines() if line.strip()]
+        return [
+            json.loads(line) for line in self.metrics_log.read_text().splitlines() if line.strip()
+        ]
 
     def truncate_metrics(self, last_epoch: int) -> None:
         """Drop log lines after `last_epoch` (written after the checkpoint a resume starts from)."""
         rows = [r for r in self.read_metrics() if r["epoch"] <= last_epoch]
-        atomic_write(self.metrics_log, lambda p: p.write_text("".join(json.dumps(r) + "\n" for r in rows)))
+        atomic_write(
+            self.metrics_log, lambda p: p.write_text("".join(json.dumps(r) + "\n" for r in rows))
+        )
 
     def save_torch(self, target: Path, obj: dict) -> None:
         atomic_write(target, lambda p: torch.save(obj, p))

@@ -1,0 +1,144 @@
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from recsys import api
+from recsys.data.dataset import Dataset
+from recsys.errors import ConfigError, RunError
+from recsys.evaluate import evaluate
+from recsys.train.config import read_config_file, resolve_config
+from recsys.train.loop import build_model
+from recsys.train.rundir import RunDir
+
+FAST = {"epochs": 4, "lr": 0.01, "batch_size": 256, "dim": 16}
+
+
+@pytest.mark.parametrize("model", ["mf", "lightgcn"])
+def test_training_beats_the_untrained_model(synth_dataset, tmp_path, model):
+    ds = Dataset.load(synth_dataset)
+    config = resolve_config(model, ("test", {"dim": 16}))
+    untrained, graph, _ = build_model(config, ds, torch.device("cpu"))
+    with torch.no_grad():
+        before = evaluate(*untrained.final_embeddings(graph), ds.train, ds.valid, (20,)).metrics[
+            "recall@20"
+        ]
+    summary = api.train(synth_dataset, tmp_path / model, model, FAST, progress=False)
+    assert summary["valid"]["recall@20"] > before + 0.1
+
+
+def test_same_seed_same_metrics_and_different_seed_differs(synth_dataset, tmp_path):
+    a = api.train(synth_dataset, tmp_path / "a", "lightgcn", FAST, progress=False)
+    b = api.train(synth_dataset, tmp_path / "b", "lightgcn", FAST, progress=False)
+    c = api.train(synth_dataset, tmp_path / "c", "lightgcn", {**FAST, "seed": 1}, progress=False)
+    assert a["test"] == b["test"]
+    assert a["test"] != c["test"]
+    np.testing.assert_array_equal(
+        RunDir(tmp_path / "a").load_embeddings()[1], RunDir(tmp_path / "b").load_embeddings()[1]
+    )
+
+
+def test_run_directory_contents_and_checkpoint_round_trip(synth_dataset, tmp_path):
+    api.train(synth_dataset, tmp_path / "run", "lightgcn", FAST, progress=False)
+    run = RunDir(tmp_path / "run")
+    for path in (
+        run.config,
+        run.metrics_log,
+        run.checkpoint,
+        run.best,
+        run.embeddings,
+        run.index,
+        run.summary,
+    ):
+        assert path.is_file(), path
+    assert not list(run.path.glob("*.tmp")) and not list(run.path.glob(".*"))
+    rows = run.read_metrics()
+    assert [r["epoch"] for r in rows] == [1, 2, 3, 4]
+    assert {"bpr", "reg", "loss", "epoch_seconds", "valid"} <= rows[0].keys()
+    # best.pt reproduces the saved embeddings exactly
+    ds = Dataset.load(synth_dataset)
+    config = resolve_config(
+        "lightgcn", ("config.json", {**run.read_config()["train"], **run.read_config()["params"]})
+    )
+    model, graph, _ = build_model(config, ds, torch.device("cpu"))
+    model.load_state_dict(run.load_torch(run.best))
+    model.eval()
+    with torch.no_grad():
+        users, items = model.final_embeddings(graph)
+    saved_users, saved_items = run.load_embeddings()
+    np.testing.assert_allclose(users.numpy(), saved_users, rtol=1e-6)
+    np.testing.assert_allclose(items.numpy(), saved_items, rtol=1e-6)
+    assert (
+        run.read_summary()["best_epoch"]
+        == max(rows, key=lambda r: r["valid"]["recall@20"])["epoch"]
+    )
+
+
+def test_resume_continues_exactly_where_it_stopped(synth_dataset, tmp_path):
+    full = api.train(
+        synth_dataset, tmp_path / "full", "lightgcn", {**FAST, "patience": 0}, progress=False
+    )
+    api.train(
+        synth_dataset,
+        tmp_path / "part",
+        "lightgcn",
+        {**FAST, "patience": 0, "epochs": 2},
+        progress=False,
+    )
+    # An interrupted run: raise its epoch limit in the saved config, then resume.
+    run = RunDir(tmp_path / "part")
+    config = run.read_config()
+    config["train"]["epochs"] = 4
+    run.write_config(config)
+    resumed = api.train(synth_dataset, tmp_path / "part", resume=True, progress=False)
+    assert resumed["test"] == full["test"]
+    assert [r["epoch"] for r in run.read_metrics()] == [1, 2, 3, 4]
+
+
+def test_no_validation_split_trains_fixed_epochs(synth_dataset, tmp_path):
+    ds = Dataset.load(synth_dataset)
+    Dataset(ds.train, None, ds.test, ds.users, ds.items).save(tmp_path / "noval")
+    summary = api.train(
+        tmp_path / "noval", tmp_path / "run", "mf", {**FAST, "epochs": 3}, progress=False
+    )
+    assert summary["best_epoch"] == 3 and "valid" not in summary and "test" in summary
+
+
+def test_existing_run_is_not_overwritten_silently(synth_dataset, tmp_path):
+    api.train(synth_dataset, tmp_path / "run", "mostpop", progress=False)
+    with pytest.raises(RunError, match="already holds a run"):
+        api.train(synth_dataset, tmp_path / "run", "mostpop", progress=False)
+    api.train(synth_dataset, tmp_path / "run", "mostpop", overwrite=True, progress=False)
+
+
+def test_config_precedence_aliases_and_errors(tmp_path):
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(
+        'model = "lightgcn"\n[train]\nlr = 0.5\nepochs = 7\n[params]\nemb_reg = 0.25\nlayers = 2\n'
+    )
+    file_options = read_config_file(cfg)
+    assert file_options.pop("model") == "lightgcn"
+    config = resolve_config(
+        "lightgcn", ("c.toml", file_options), ("command line", {"lr": "0.01", "eval_k": "5,10"})
+    )
+    assert (config.train.lr, config.train.epochs, config.train.eval_k) == (0.01, 7, [5, 10])
+    assert (config.params.reg, config.params.layers) == (0.25, 2)
+    with pytest.raises(
+        ConfigError, match="command line: unknown option 'layerz' for model 'lightgcn'"
+    ):
+        resolve_config("lightgcn", ("command line", {"layerz": 2}))
+    with pytest.raises(ConfigError, match="option 'epochs' expects int, got 'many'"):
+        resolve_config("mf", ("command line", {"epochs": "many"}))
+    with pytest.raises(ConfigError, match="unknown model 'nope'"):
+        resolve_config("nope")
+    bad = tmp_path / "bad.toml"
+    bad.write_text("lr = = 1")
+    with pytest.raises(ConfigError, match="bad.toml: not valid TOML"):
+        read_config_file(bad)
+
+
+def test_metrics_jsonl_lines_are_json(synth_dataset, tmp_path):
+    api.train(synth_dataset, tmp_path / "run", "mf", {**FAST, "epochs": 2}, progress=False)
+    lines = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(line)["epoch"] for line in lines] == [1, 2]
