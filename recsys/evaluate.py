@@ -50,10 +50,16 @@ def _rows_to_coo(m: sp.csr_matrix, rows: np.ndarray, device) -> tuple[torch.Tens
 
 def top_k_items(scores: torch.Tensor, k: int) -> torch.Tensor:
     """(B, k) item indices by descending score; ties go to the lower item index."""
-    vals, idx = scores.topk(k, dim=1)
-    kth = vals[:, -1:]
-    # A tie straddling the cut: top-k may have kept any of the tied items. Rank those rows exactly.
-    cut = (scores == kth).sum(1) > (vals == kth).sum(1)
+    k_plus = min(k + 1, scores.shape[1])
+    vals, idx = scores.topk(k_plus, dim=1)
+    # If the (k+1)-th score equals the k-th, a tie straddles the cut and top-k may have kept
+    # any of the tied items: rank those rows exactly. Asking for k+1 costs less than a full pass.
+    cut = (
+        vals[:, k - 1] == vals[:, k]
+        if k_plus > k
+        else torch.zeros(len(vals), dtype=torch.bool, device=vals.device)
+    )
+    vals, idx = vals[:, :k], idx[:, :k]
     if cut.any():
         idx[cut] = torch.sort(scores[cut], dim=1, descending=True, stable=True).indices[:, :k]
         vals[cut] = scores[cut].gather(1, idx[cut])
@@ -62,6 +68,16 @@ def top_k_items(scores: torch.Tensor, k: int) -> torch.Tensor:
     idx, vals = idx.gather(1, by_idx), vals.gather(1, by_idx)
     by_val = torch.sort(vals, dim=1, descending=True, stable=True).indices
     return idx.gather(1, by_val)
+
+
+def _hits(truth: sp.csr_matrix, rows: np.ndarray, top: torch.Tensor) -> torch.Tensor:
+    """(B, k) bool: is top[b, j] one of user rows[b]'s true items? A binary search per entry."""
+    r, c = _rows_to_coo(truth, rows, top.device)
+    n_items = truth.shape[1]
+    keys = r * n_items + c  # sorted: CSR rows in order, sorted columns
+    query = torch.arange(len(rows), device=top.device)[:, None] * n_items + top
+    pos = torch.searchsorted(keys, query).clamp(max=max(len(keys) - 1, 0))
+    return keys[pos] == query if len(keys) else torch.zeros_like(top, dtype=torch.bool)
 
 
 def evaluate(
@@ -88,6 +104,8 @@ def evaluate(
     n_items = items_t.shape[0]
     ks = tuple(sorted(set(int(k) for k in ks)))
     max_k = min(max(ks), n_items)
+    truth = sp.csr_matrix(truth)
+    truth.sort_indices()
     n_true = np.diff(truth.indptr)
     eval_users = np.flatnonzero(n_true > 0)
     block = max(1, block_bytes // (4 * n_items))
@@ -103,10 +121,7 @@ def evaluate(
             r, c = _rows_to_coo(seen, rows, device)
             scores[r, c] = -torch.inf
         top = top_k_items(scores, max_k)
-        r, c = _rows_to_coo(truth, rows, device)
-        is_true = torch.zeros_like(scores, dtype=torch.bool)
-        is_true[r, c] = True
-        hits = is_true.gather(1, top).double()
+        hits = _hits(truth, rows, top).double()
         n_t = torch.from_numpy(n_true[rows]).to(device).double()
         first_hit = torch.where(hits.any(1), hits.argmax(1), max_k)
         sl = slice(start, start + len(rows))

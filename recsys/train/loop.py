@@ -164,7 +164,7 @@ def _fit(
             total=n_batches,
             desc=f"epoch {epoch}",
             file=sys.stderr,
-            disable=not progress,
+            disable=not progress or not sys.stderr.isatty(),  # logs get one line per epoch instead
             leave=False,
         )
         for users, pos, neg in bar:
