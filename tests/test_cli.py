@@ -151,58 +151,40 @@ def test_recommend_from_users_file_and_prints(workspace):
     assert out.count("u0001") == 3 and out.count("u0002") == 3
 
 
+BAD_LOGS = [
+    ("cols.csv", "user,item\n1,2\n", (), "cols.csv: no column 'user_id'"),
+    ("empty.csv", "user_id,item_id\n", (), "empty.csv: no interactions"),
+    (
+        "bad.csv",
+        "user_id,item_id,rating\na,b,5\nc,d,abc\n",
+        ("--rating-col", "rating"),
+        "bad.csv: line 3",
+    ),
+    (
+        "few.csv",
+        "user_id,item_id,rating\na,b,1\n",
+        ("--rating-col", "rating", "--min-rating", 4),
+        "no interactions left",
+    ),
+]
+
+
+@pytest.mark.parametrize("name,content,args,message", BAD_LOGS)
+def test_bad_logs_fail_in_one_line_and_write_nothing(tmp_path, name, content, args, message):
+    (tmp_path / name).write_text(content)
+    fails("data", "prepare", tmp_path / name, "--out", tmp_path / "d", *args, message=message)
+    assert not (tmp_path / "d").exists()
+
+
 def test_user_errors_are_one_line(workspace, tmp_path):
-    fails(
-        "recommend", workspace / "run", "--user", "nobody", message="unknown user id(s): 'nobody'"
-    )
+    data, run = workspace / "data", workspace / "run"
+    fails("recommend", run, "--user", "nobody", message="unknown user id(s): 'nobody'")
     fails(
         "data", "prepare", tmp_path / "missing.csv", "--out", tmp_path / "d", message="missing.csv"
     )
-    (tmp_path / "cols.csv").write_text("user,item\n1,2\n")
-    fails(
-        "data",
-        "prepare",
-        tmp_path / "cols.csv",
-        "--out",
-        tmp_path / "d",
-        message="no column 'user_id'",
-    )
-    (tmp_path / "empty.csv").write_text("user_id,item_id\n")
-    fails(
-        "data",
-        "prepare",
-        tmp_path / "empty.csv",
-        "--out",
-        tmp_path / "d",
-        message="no interactions",
-    )
-    (tmp_path / "bad.csv").write_text("user_id,item_id,rating\na,b,5\nc,d,abc\n")
-    fails(
-        "data",
-        "prepare",
-        tmp_path / "bad.csv",
-        "--out",
-        tmp_path / "d",
-        "--rating-col",
-        "rating",
-        message="line 3",
-    )
-    fails(
-        "data",
-        "prepare",
-        workspace / "log.csv",
-        "--out",
-        tmp_path / "d",
-        "--rating-col",
-        "rating",
-        "--min-rating",
-        9,
-        message="no interactions left",
-    )
-    assert not (tmp_path / "d").exists()  # nothing half-written
     fails(
         "train",
-        workspace / "data",
+        data,
         "--out",
         tmp_path / "r",
         "--model",
@@ -211,15 +193,7 @@ def test_user_errors_are_one_line(workspace, tmp_path):
         2,
         message="unknown option 'layerz'",
     )
-    fails(
-        "train",
-        workspace / "data",
-        "--out",
-        tmp_path / "r",
-        "--model",
-        "nope",
-        message="unknown model 'nope'",
-    )
+    fails("train", data, "--out", tmp_path / "r", "--model", "nope", message="unknown model 'nope'")
     fails(
         "train",
         tmp_path / "nodata",
@@ -230,9 +204,9 @@ def test_user_errors_are_one_line(workspace, tmp_path):
         message="not a dataset folder",
     )
     fails("evaluate", tmp_path / "norun", message="not a run directory")
-    fails("evaluate", workspace / "run", "--k", "ten", message="--k expects")
-    fails("recommend", workspace / "run", message="no users given")
-    assert not (tmp_path / "r").exists()
+    fails("evaluate", run, "--k", "ten", message="--k expects")
+    fails("recommend", run, message="no users given")
+    assert not (tmp_path / "r").exists() and not (tmp_path / "d").exists()
 
 
 def test_run_from_another_dataset_is_refused(workspace, tmp_path):
