@@ -63,14 +63,20 @@ def main() -> None:
         help="where the dataset and run go (default: a temp dir)",
     )
     parser.add_argument("--device", default="auto")
+    parser.add_argument(
+        "--data",
+        type=Path,
+        default=None,
+        help="a prepared gowalla dataset folder (default: prepare it from ../shared)",
+    )
     args = parser.parse_args()
-    if not SOURCE.exists():
-        raise SystemExit(
-            f"{SOURCE} not found: this benchmark needs ../shared/data/gowalla-lightgcn"
-        )
     work = args.workdir or Path(tempfile.mkdtemp(prefix="gowalla-"))
-    data_dir, run_dir = work / "data", work / "lightgcn"
+    data_dir, run_dir = args.data or work / "data", work / "lightgcn"
     if not (data_dir / "dataset.json").exists():
+        if not SOURCE.exists():
+            raise SystemExit(
+                f"{SOURCE} not found: this benchmark needs ../shared/data/gowalla-lightgcn"
+            )
         api.prepare(SOURCE, data_dir, valid=0)  # the published split: train.txt / test.txt as given
     ds = Dataset.load(data_dir)
     print(
@@ -103,7 +109,10 @@ def main() -> None:
             print(
                 f"  test {m}: {test[m]:.4f}   paper {PAPER[m]:.4f}   ({test[m] / PAPER[m]:.0%} of the paper, which trains ~1000 epochs)"
             )
-        users, items = (torch.from_numpy(a) for a in RunDir(run_dir).load_embeddings())
+        device = torch.device(
+            "cuda" if args.device != "cpu" and torch.cuda.is_available() else "cpu"
+        )
+        users, items = (torch.from_numpy(a).to(device) for a in RunDir(run_dir).load_embeddings())
     else:
         config = resolve_config("lightgcn", ("benchmark", {**options, "device": "cpu"}))
         model, graph, _ = build_model(config, ds, torch.device("cpu"))

@@ -378,6 +378,7 @@ def benchmark(
     seed: int = typer.Option(0, help="seed of every run"),
 ):
     """Tune, train and test several models; write results.md/.csv, PNG plots and run manifests."""
+    # Imported here: matplotlib's import would slow every other command's start.
     from recsys.benchmark import run_benchmark
 
     rows = run_benchmark(

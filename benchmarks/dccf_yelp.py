@@ -1,0 +1,207 @@
+"""DCCF on yelp-sslrec: epoch time against its floor, evaluation cost, memory, accuracy over time.
+
+    python benchmarks/dccf_yelp.py                       # paper defaults (batch 10240, lr 1e-3)
+    python benchmarks/dccf_yelp.py --batch-size 4096 --lr 5e-3 --minutes 20
+    python benchmarks/dccf_yelp.py --smoke               # a minute: one epoch, small trade table
+
+The floor of a step is its unavoidable dense and sparse products, timed alone on the same
+shapes: the 3·L bipartite propagations (forward and backward, edge-weight gradients included),
+the 2·L·2 intent GEMM pairs x C, softmax(·) Cᵀ (forward and backward), and the 3 InfoNCE GEMMs
+per (layer, side) at the batch's distinct-node counts. Everything else (softmax, exp, masks,
+degrees, gathers, Adam, sampling) is overhead counted in the epoch but not the floor.
+
+Validation and test Recall@20 are printed after every `--eval-every` epochs for the curve
+only; nothing is selected on test. Wall clock counts from process start (cold: data load,
+graph build, training, evaluations). Writes nothing to disk.
+"""
+
+from __future__ import annotations
+
+import argparse
+import resource
+import statistics
+import time
+
+T_START = time.perf_counter()
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from recsys.data.dataset import Dataset  # noqa: E402
+from recsys.evaluate import evaluate  # noqa: E402
+from recsys.graph import propagate  # noqa: E402
+from recsys.models import Batch  # noqa: E402
+from recsys.models.dccf import SCORE_BLOCK  # noqa: E402
+from recsys.train.config import resolve_config  # noqa: E402
+from recsys.train.loop import build_model  # noqa: E402
+from recsys.train.sampler import BPRSampler  # noqa: E402
+
+
+def timed(fn, reps: int = 3) -> float:
+    """Median seconds of `fn()` over `reps` runs after one warm-up."""
+    fn()
+    times = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def floor_of_step(model, graph, batch: Batch) -> dict[str, float]:
+    """Seconds of one step's sparse products, intent GEMMs and InfoNCE GEMMs, each alone."""
+    p, d = model.params, model.params.dim
+    users = torch.randn(graph.n_users, d, requires_grad=True)
+    items = torch.randn(graph.n_items, d, requires_grad=True)
+    weights = torch.rand(graph.n_edges, requires_grad=True)
+
+    def sparse():
+        for _ in range(p.layers):
+            z = propagate(graph, users, items)
+            h = propagate(graph.with_values(weights), users, items)
+            g = propagate(graph.with_values(weights), users, items)
+            outs = (*z, *h, *g)
+            # Dense upstream gradients, as in training (a .sum() would hand back stride-0 ones).
+            torch.autograd.backward(outs, [torch.randn_like(t) for t in outs])
+
+    def intents():
+        for _ in range(p.layers):
+            for x, c in ((users, model.user_intents), (items, model.item_intents)):
+                out = (x @ c) @ c.T
+                out.backward(torch.randn_like(out))
+
+    counts = [int(torch.unique(batch.users).numel()), int(torch.unique(batch.pos_items).numel())]
+    # The model's row blocks: `rows` anchors against all 3n view rows at a time.
+    shapes = [(n, max(1, SCORE_BLOCK // (3 * n))) for n in counts]
+    data = [
+        (torch.randn(rows, d), torch.randn(3 * n, d), torch.randn(rows, 3 * n))
+        for n, rows in shapes
+    ]
+
+    def info_nce():
+        for _ in range(p.layers):
+            for (n, rows), (block, views, scores) in zip(shapes, data):
+                for start in range(0, n, rows):
+                    b = min(rows, n - start)
+                    block[:b] @ views.T, scores[:b] @ views, scores[:b].T @ block[:b]
+
+    return {
+        "sparse": timed(sparse),
+        "intents": timed(intents),
+        "info_nce": timed(info_nce),
+        "distinct": counts,
+    }
+
+
+def step_seconds(model, optimizer, graph, batch: Batch) -> float:
+    def step():
+        loss = sum(model.loss_terms(batch, graph).values())
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+    return timed(step, reps=2)
+
+
+def to_batch(arrays) -> Batch:
+    return Batch(*(torch.from_numpy(a) for a in arrays))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--data", default="/work/ds/yelp")
+    ap.add_argument("--batch-size", type=int, default=10240)
+    ap.add_argument("--lr", type=float, default=1e-3)
+    ap.add_argument("--minutes", type=float, default=20.0, help="training budget")
+    ap.add_argument("--eval-every", type=int, default=1)
+    ap.add_argument(
+        "--trade", default="1024,2048,4096,10240", help="batch sizes for the trade table"
+    )
+    ap.add_argument("--smoke", action="store_true", help="one epoch, trade table of 2048 and 10240")
+    ap.add_argument("--option", action="append", default=[], help="extra model option key=value")
+    args = ap.parse_args()
+    if args.smoke:
+        args.minutes, args.trade = 0.01, "2048,10240"
+
+    ds = Dataset.load(args.data)
+    options = {
+        "batch_size": args.batch_size,
+        "lr": args.lr,
+        "device": "cpu",
+        **dict(o.split("=", 1) for o in args.option),
+    }
+    config = resolve_config("dccf", ("benchmark", options))
+    model, graph, _ = build_model(config, ds, torch.device("cpu"))
+    optimizer = torch.optim.Adam(model.parameters(), lr=config.train.lr)
+    sampler = BPRSampler(ds.train, np.random.default_rng(config.train.seed))
+    print(
+        f"dccf on {args.data}: {ds.n_users} users, {ds.n_items} items, {ds.train.nnz} train edges; {config.params}"
+    )
+    print(
+        f"batch {args.batch_size}, lr {args.lr}, {sampler.n_batches(args.batch_size)} steps/epoch, {torch.get_num_threads()} threads"
+    )
+
+    print("\nepoch  epoch_s  train_s  wall_s  valid_R@20  test_R@20  test_N@20")
+    epoch_times, train_s, epoch = [], 0.0, 0
+    while train_s < 60 * args.minutes:
+        model.train()
+        t0 = time.perf_counter()
+        for arrays in sampler.epoch(args.batch_size):
+            loss = sum(model.loss_terms(to_batch(arrays), graph).values())
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+        epoch_times.append(time.perf_counter() - t0)
+        train_s += epoch_times[-1]
+        epoch += 1
+        if epoch % args.eval_every == 0 or train_s >= 60 * args.minutes:
+            model.eval()
+            with torch.no_grad():
+                users, items = model.final_embeddings(graph)
+            valid = evaluate(users, items, ds.train, ds.valid, (20,)).metrics
+            test = evaluate(users, items, ds.train, ds.test, (20,)).metrics
+            wall = time.perf_counter() - T_START
+            print(
+                f"{epoch:5d}  {epoch_times[-1]:7.1f}  {train_s:7.0f}  {wall:6.0f}  {valid['recall@20']:10.4f}  {test['recall@20']:9.4f}  {test['ndcg@20']:9.4f}",
+                flush=True,
+            )
+
+    def full_eval():
+        model.eval()
+        with torch.no_grad():
+            users, items = model.final_embeddings(graph)
+        evaluate(users, items, ds.train, ds.test, (20,))
+
+    eval_s = timed(full_eval, reps=2)
+    peak_gib = (
+        resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2
+    )  # before the floor's own buffers
+    model.train()
+    first = to_batch(next(sampler.epoch(args.batch_size)))
+    floor = floor_of_step(model, graph, first)
+    n_steps = sampler.n_batches(args.batch_size)
+    floor_epoch = n_steps * (floor["sparse"] + floor["intents"] + floor["info_nce"])
+    epoch_s = statistics.median(epoch_times)
+    print(f"\nseconds per epoch (median of {len(epoch_times)}): {epoch_s:.1f}")
+    print(
+        f"floor per epoch: {floor_epoch:.1f} s = {n_steps} steps x (sparse {floor['sparse']:.3f} + intents {floor['intents']:.3f} + InfoNCE {floor['info_nce']:.3f}) s; distinct users/items per batch {floor['distinct']}"
+    )
+    print(f"epoch / floor: {epoch_s / floor_epoch:.2f}")
+    print(f"full evaluation (final embeddings + test ranking, median): {eval_s:.2f} s")
+    print(f"peak RSS (training and evaluation): {peak_gib:.2f} GiB")
+
+    print("\nbatch  steps/epoch  distinct u/i  step_s  epoch_s(est)  floor_epoch_s  ratio")
+    for size in (int(s) for s in args.trade.split(",")):
+        batch = to_batch(next(sampler.epoch(size)))
+        steps = sampler.n_batches(size)
+        step = step_seconds(model, optimizer, graph, batch)
+        f = floor_of_step(model, graph, batch)
+        floor_s = steps * (f["sparse"] + f["intents"] + f["info_nce"])
+        print(
+            f"{size:5d}  {steps:11d}  {f['distinct'][0]:5d}/{f['distinct'][1]:<5d}  {step:6.3f}  {steps * step:12.1f}  {floor_s:13.1f}  {steps * step / floor_s:5.2f}",
+            flush=True,
+        )
+
+
+if __name__ == "__main__":
+    main()

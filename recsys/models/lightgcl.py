@@ -1,0 +1,245 @@
+"""LightGCL: graph contrastive learning with an SVD-augmented view.
+
+Cai, Huang, Xia, Ren, "LightGCL: Simple Yet Effective Graph Contrastive Learning for
+Recommendation", ICLR 2023 (arXiv 2302.08191).
+
+Main view, with edge dropout p(·) on Â during training:
+    z_u⁽ˡ⁾ = p(Â) e_i⁽ˡ⁻¹⁾,   z_i⁽ˡ⁾ = p(Â)ᵀ e_u⁽ˡ⁻¹⁾,   e⁽ˡ⁾ = z⁽ˡ⁾,   E = Σ_{l=0..L} e⁽ˡ⁾
+SVD view, from the main view's previous layer, with the rank-q randomised SVD Â ≈ U S Vᵀ
+computed once:
+    g_u⁽ˡ⁾ = U S (Vᵀ e_i⁽ˡ⁻¹⁾),   g_i⁽ˡ⁾ = V S (Uᵀ e_u⁽ˡ⁻¹⁾),   G = Σ_{l=0..L} g⁽ˡ⁾,  g⁽⁰⁾ = e⁽⁰⁾
+    (multiplied right to left: the dense I × J reconstruction U S Vᵀ is never formed)
+InfoNCE, anchors the batch's users (resp. its positive and negative items), the
+SVD view against the main view, candidates N (all users, resp. all items), s = cosine:
+    L_s = mean_{a ∈ batch} [ -s(g_a, e_a) / τ + log Σ_{n ∈ N} exp(s(g_a, e_n) / τ) ]
+Objective:  L = L_bpr(E) + λ1 L_s + λ2 ‖Θ‖²,  Θ = {E⁽⁰⁾}
+
+Symbols: Â → `graph.adj`; e⁽⁰⁾ → `user_emb`, `item_emb`; L → `layers`; q → `svd_rank`;
+U S, V S → `svd_us`, `svd_vs`; τ → `temperature`; λ1 → `cl_weight`; λ2 → `weight_decay`;
+p(·) rate → `dropout`; d → `dim`.
+
+The two InfoNCE modes (`negatives`):
+- "all" (the paper's loss, exact): each distinct anchor is scored once with weight
+  count/total, and the log-sum-exp runs over bounded blocks of anchor rows, each against
+  all candidates; the block's gradient is formed in the same pass (`_WeightedLogSumExp`),
+  so each score costs three matmuls and one exp, and no score matrix outlives its block.
+- "batch" / "sampled" (approximations, for speed): N is the batch's distinct nodes (each
+  anchor's own among them), or `num_negatives` nodes drawn uniformly per step, shared by
+  all anchors (a sampled-softmax estimate of the sum, up to the constant log(|N_all|/M)).
+
+Differences from the authors' code: as there, the paper's σ(·) and residual connection in
+the main view are absent. There, s(·) is the raw inner product with the positive clipped to
+[-5, 5]; here it is the paper's cosine, bounded by construction (|s/τ| ≤ 1/τ), which also
+keeps the sampled mode's loss bounded below. Edge dropout is recsys.graph.drop_edges, shared
+by all models: kept edges keep their weights (the authors' code rescales them by 1/(1-p)).
+λ2‖Θ‖² is weight decay on all parameters, written as a loss term because the shared loop
+only sums terms.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+
+from recsys.errors import ConfigError
+from recsys.graph import drop_edges, propagate, truncated_svd
+from recsys.models.base import Batch, EmbeddingRecommender, bpr_loss
+
+# Rows × candidates per block of the exact log-sum-exp (floats): large enough for efficient
+# matmuls, small enough (64 MiB) to keep the step's memory bounded on any dataset.
+BLOCK_ELEMENTS = 1 << 24
+
+
+@dataclass
+class LightGCLParams:
+    dim: int = field(default=64, metadata={"help": "embedding size d"})
+    layers: int = field(default=2, metadata={"help": "propagation layers L"})
+    svd_rank: int = field(
+        default=5, metadata={"help": "rank q of the truncated SVD", "aliases": ("q",)}
+    )
+    cl_weight: float = field(
+        default=0.2, metadata={"help": "InfoNCE weight λ1", "aliases": ("lambda1",)}
+    )
+    temperature: float = field(
+        default=0.2, metadata={"help": "InfoNCE temperature τ", "aliases": ("temp",)}
+    )
+    weight_decay: float = field(
+        default=1e-7, metadata={"help": "λ2 on ‖Θ‖², all parameters", "aliases": ("lambda2",)}
+    )
+    dropout: float = field(default=0.0, metadata={"help": "edge dropout rate on the main view"})
+    negatives: str = field(
+        default="all", metadata={"help": "InfoNCE negatives: all (exact) | batch | sampled"}
+    )
+    num_negatives: int = field(
+        default=1024, metadata={"help": "M nodes drawn per step when negatives=sampled"}
+    )
+
+
+class _WeightedLogSumExp(torch.autograd.Function):
+    """Σ_a w_a log Σ_n exp(anchors_a · cands_n / τ) for unit-norm rows, in blocks of anchor rows.
+
+    Two tricks bring each block down to the floor of three matmuls and one exp per score:
+    - The scalar loss ends the graph, so each block's gradient is formed right after its
+      softmax P = w ⊙ softmax: ∂/∂anchors = P cands / τ, ∂/∂cands = Pᵀ anchors / τ. Scores
+      are never kept nor recomputed in backward.
+    - With unit rows every logit is ≤ 1/τ, so 1/τ is a safe shift (no row max pass), and a
+      column of ones appended to cands makes the matmuls carry it: [a/τ, -1/τ]·[c, 1] is the
+      shifted logit, and exp(·) @ [c, 1] yields the row sums Σ_n exp(·) beside P cands.
+      exp(-2/τ) stays a normal float32 for τ ≥ 0.025, so no row can underflow to 0.
+    """
+
+    @staticmethod
+    def forward(ctx, anchors, cands, weights, temperature: float):
+        need_grad = ctx.needs_input_grad[0] or ctx.needs_input_grad[1]
+        cands_1 = torch.cat([cands, cands.new_ones(cands.shape[0], 1)], 1)
+        anchors_1 = torch.cat(
+            [anchors / temperature, anchors.new_full((anchors.shape[0], 1), -1 / temperature)], 1
+        )
+        rows = max(1, BLOCK_ELEMENTS // max(1, cands.shape[0]))
+        total = anchors.new_zeros(())
+        grad_anchors = torch.empty_like(anchors) if need_grad else None
+        grad_cands = torch.zeros_like(cands) if need_grad else None
+        for start in range(0, anchors.shape[0], rows):
+            a, w = anchors_1[start : start + rows], weights[start : start + rows]
+            probs = (a @ cands_1.T).exp_()
+            sums = probs @ cands_1  # [Σ_n p·c_n, Σ_n p]
+            norm = sums[:, -1]
+            total = total + (w * (norm.log() + 1 / temperature)).sum()
+            if need_grad:
+                scale = (w / norm)[:, None]
+                grad_anchors[start : start + rows] = sums[:, :-1] * (scale / temperature)
+                grad_cands.addmm_(probs.T, a[:, :-1] * scale)
+        ctx.save_for_backward(grad_anchors, grad_cands)
+        return total
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        grad_anchors, grad_cands = ctx.saved_tensors
+        return grad_out * grad_anchors, grad_out * grad_cands, None, None
+
+
+def weighted_logsumexp(
+    anchors: torch.Tensor, cands: torch.Tensor, weights: torch.Tensor, temperature: float
+) -> torch.Tensor:
+    """Σ_a weights_a · log Σ_n exp(anchors_a · cands_n / temperature), a float32 scalar.
+
+    Args:
+        anchors: (A, d) float32 unit rows.  cands: (N, d) float32 unit rows.  weights: (A,) float32.
+    """
+    return _WeightedLogSumExp.apply(anchors, cands, weights, temperature)
+
+
+def anchor_weights(nodes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Distinct anchors (A,), each entry's position among them (B,), and weights count/B (A,)."""
+    anchors, inverse, counts = torch.unique(nodes, return_inverse=True, return_counts=True)
+    return anchors, inverse, counts.float() / nodes.numel()
+
+
+def info_nce(
+    svd_rows: torch.Tensor,
+    main_rows: torch.Tensor,
+    weights: torch.Tensor,
+    negatives: torch.Tensor,
+    temperature: float,
+) -> torch.Tensor:
+    """Σ_a w_a [-s(g_a, e_a)/τ + log Σ_n exp(s(g_a, e_n)/τ)], s the cosine, a float32 scalar.
+
+    Args:
+        svd_rows, main_rows: (A, d) float32 g_a and e_a of the distinct anchors.
+        weights: (A,) float32 anchor weights w_a (count / batch size).
+        negatives: (N, d) float32 main-view e_n of the candidates.
+    """
+    g = F.normalize(svd_rows, dim=1)
+    positive = (weights * (g * F.normalize(main_rows, dim=1)).sum(1)).sum() / temperature
+    return weighted_logsumexp(g, F.normalize(negatives, dim=1), weights, temperature) - positive
+
+
+class LightGCL(EmbeddingRecommender):
+    name = "lightgcl"
+    Params = LightGCLParams
+    train_defaults = {"batch_size": 4096, "lr": 1e-3}
+
+    def __init__(self, n_users, n_items, params, graph, generator):
+        super().__init__(n_users, n_items, params, graph, generator)
+        if params.negatives not in ("all", "batch", "sampled"):
+            raise ConfigError(f"negatives must be all, batch or sampled, got {params.negatives!r}")
+        if params.temperature < 0.025:
+            raise ConfigError(
+                f"temperature must be at least 0.025 (float32 range of exp(-2/τ)), got {params.temperature}"
+            )
+        if params.layers < 1:
+            raise ConfigError(
+                f"layers must be at least 1 (the SVD view is a propagation), got {params.layers}"
+            )
+        u, s, v = truncated_svd(graph, params.svd_rank, generator)
+        # Recomputed from the seed at construction, so kept out of checkpoints.
+        self.register_buffer("svd_us", u * s, persistent=False)
+        self.register_buffer("svd_vs", v * s, persistent=False)
+        self.register_buffer("svd_u", u, persistent=False)
+        self.register_buffer("svd_v", v, persistent=False)
+
+    def views(self, graph) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Main-view E of users and items, (n, d), and the SVD view's (q, d) projections.
+
+        Σ_{l=1..L} U S Vᵀ e_i⁽ˡ⁻¹⁾ = U S (Vᵀ Σ_{l<L} e_i⁽ˡ⁾): one projection serves every layer,
+        and G = e⁽⁰⁾ + U S · projection is formed only at the batch's anchors (`svd_view`).
+        """
+        if self.training and self.params.dropout > 0:
+            graph = drop_edges(graph, self.params.dropout, self.generator)
+        users, items = self.user_emb, self.item_emb
+        sum_users, sum_items = users, items
+        for _ in range(self.params.layers):
+            before_users, before_items = sum_users, sum_items
+            users, items = propagate(graph, users, items)
+            sum_users, sum_items = sum_users + users, sum_items + items
+        return sum_users, sum_items, self.svd_v.T @ before_items, self.svd_u.T @ before_users
+
+    @staticmethod
+    def svd_view(
+        ego: torch.Tensor, factor: torch.Tensor, projection: torch.Tensor, nodes: torch.Tensor
+    ) -> torch.Tensor:
+        """G at `nodes`: e⁽⁰⁾ + (U S) · projection, (len(nodes), d)."""
+        return ego[nodes] + factor[nodes] @ projection
+
+    def final_embeddings(self, graph):
+        users, items, _, _ = self.views(graph)
+        return users, items
+
+    def contrast(self, main, ego, factor, projection, nodes) -> tuple[torch.Tensor, torch.Tensor]:
+        """InfoNCE of one side (users or items) for batch entries `nodes`, and E at `nodes`."""
+        anchors, inverse, weights = anchor_weights(nodes)
+        main_rows = main[anchors]
+        if self.params.negatives == "all":
+            negatives = main
+        elif self.params.negatives == "batch":
+            negatives = main_rows
+        else:
+            drawn = torch.randint(
+                0, main.shape[0], (self.params.num_negatives,), generator=self.generator
+            )
+            negatives = main[drawn.to(main.device)]
+        g = self.svd_view(ego, factor, projection, anchors)
+        return info_nce(g, main_rows, weights, negatives, self.params.temperature), main_rows[
+            inverse
+        ]
+
+    def loss_terms(self, batch: Batch, graph):
+        p = self.params
+        users, items, proj_users, proj_items = self.views(graph)
+        cl_users, u = self.contrast(users, self.user_emb, self.svd_us, proj_users, batch.users)
+        cl_items, pos_neg = self.contrast(
+            items,
+            self.item_emb,
+            self.svd_vs,
+            proj_items,
+            torch.cat([batch.pos_items, batch.neg_items]),
+        )
+        pos, neg = pos_neg.chunk(2)
+        decay = sum(w.pow(2).sum() for w in self.parameters())
+        return {
+            "bpr": bpr_loss(u, pos, neg),
+            "cl": p.cl_weight * (cl_users + cl_items),
+            "decay": p.weight_decay * decay,
+        }
