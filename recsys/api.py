@@ -188,7 +188,7 @@ class TrainedModel:
         model.eval()
         with torch.no_grad():
             return model.explain(
-                graph, torch.from_numpy(user_idx), torch.from_numpy(np.maximum(items, 0))
+                graph, torch.tensor(user_idx), torch.tensor(np.maximum(items, 0))
             )
 
 
