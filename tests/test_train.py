@@ -142,3 +142,11 @@ def test_metrics_jsonl_lines_are_json(synth_dataset, tmp_path):
     api.train(synth_dataset, tmp_path / "run", "mf", {**FAST, "epochs": 2}, progress=False)
     lines = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(line)["epoch"] for line in lines] == [1, 2]
+
+
+def test_resuming_an_early_stopped_run_trains_no_further(synth_dataset, tmp_path):
+    options = {**FAST, "epochs": 30, "patience": 1, "lr": 0.05}
+    first = api.train(synth_dataset, tmp_path / "run", "mf", options, progress=False)
+    assert first["epochs"] < 30  # stopped early
+    again = api.train(synth_dataset, tmp_path / "run", resume=True, progress=False)
+    assert again["epochs"] == first["epochs"] and again["test"] == first["test"]

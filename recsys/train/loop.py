@@ -147,7 +147,8 @@ def _fit(
 ):
     n_batches = sampler.n_batches(opts.batch_size)
     last_metrics: dict = {}
-    while state["epoch"] < opts.epochs:
+    # "stopped" is saved with the checkpoint, so resuming an early-stopped run trains no further.
+    while state["epoch"] < opts.epochs and not state.get("stopped"):
         if opts.max_minutes and state["train_seconds"] > 60 * opts.max_minutes:
             log.info(
                 "time budget of %.1f minutes reached after %d epochs",
@@ -206,6 +207,7 @@ def _fit(
             else:
                 state["bad_evals"] += 1
                 stop = opts.patience > 0 and state["bad_evals"] >= opts.patience
+                state["stopped"] = stop
         elif not has_valid:
             state["best_epoch"] = epoch
             run.save_torch(run.best, model.state_dict())
