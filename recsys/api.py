@@ -187,9 +187,7 @@ class TrainedModel:
         model.load_state_dict(self.run.load_torch(self.run.best))
         model.eval()
         with torch.no_grad():
-            return model.explain(
-                graph, torch.tensor(user_idx), torch.tensor(np.maximum(items, 0))
-            )
+            return model.explain(graph, torch.tensor(user_idx), torch.tensor(np.maximum(items, 0)))
 
 
 def write_table(frame: pl.DataFrame, out: str | Path) -> None:
