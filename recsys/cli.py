@@ -354,8 +354,9 @@ def demo(
                 for m in ("recall@20", "ndcg@20", "precision@20", "hit@20")
             )
         )
-    users = api.TrainedModel.load(run_dir).dataset.users.raw(range(5)).to_list()
-    recs = api.TrainedModel.load(run_dir).recommend(users, k=10)
+    trained = api.TrainedModel.load(run_dir)
+    users = trained.dataset.users.raw(range(5)).to_list()
+    recs = trained.recommend(users, k=10)
     api.write_table(recs, out / "recommendations.csv")
     typer.echo(
         f"recommendations for {', '.join(map(str, users))} written to {out / 'recommendations.csv'}"

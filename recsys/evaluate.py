@@ -37,8 +37,7 @@ class EvalResult:
 
 
 def _as_tensor(x, device) -> torch.Tensor:
-    t = torch.as_tensor(np.asarray(x) if not isinstance(x, torch.Tensor) else x)
-    return t.to(device=device, dtype=torch.float32)
+    return torch.as_tensor(x).to(device=device, dtype=torch.float32)
 
 
 def _rows_to_coo(m: sp.csr_matrix, rows: np.ndarray, device) -> tuple[torch.Tensor, torch.Tensor]:

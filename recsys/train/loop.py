@@ -83,11 +83,7 @@ def train(
         )
 
     state = {"epoch": 0, "best": -math.inf, "best_epoch": 0, "bad_evals": 0, "train_seconds": 0.0}
-    optimizer = (
-        torch.optim.Adam(model.parameters(), lr=opts.lr)
-        if model.trainable and any(True for _ in model.parameters())
-        else None
-    )
+    optimizer = torch.optim.Adam(model.parameters(), lr=opts.lr) if model.trainable else None
     if resume:
         ckpt = run.load_torch(run.checkpoint, device)
         model.load_state_dict(ckpt["model"])
