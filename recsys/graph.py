@@ -48,10 +48,7 @@ class Graph:
         return self.edge_user.numel()
 
     def with_values(self, values: torch.Tensor) -> Graph:
-        """The same edges with new weights (e.g. a learned mask), CSR views rebuilt cheaply."""
-        adj, adj_t = _csr_pair(
-            self.edge_user, self.edge_item, self.by_item, values, self.n_users, self.n_items
-        )
+        """The same edges with new weights (e.g. a learned mask); no sort, no index rebuild."""
         return Graph(
             self.n_users,
             self.n_items,
@@ -59,8 +56,28 @@ class Graph:
             self.edge_item,
             self.by_item,
             values,
-            adj,
-            adj_t,
+            self.user_major(values),
+            self.item_major(values),
+        )
+
+    def user_major(self, values: torch.Tensor) -> torch.Tensor:
+        """(n_users, n_items) CSR with `values` (in edge order) on the edges."""
+        return torch.sparse_csr_tensor(
+            self.adj.crow_indices(),
+            self.adj.col_indices(),
+            values.detach(),  # gradients to edge weights flow through autograd Functions
+            (self.n_users, self.n_items),
+            check_invariants=False,
+        )
+
+    def item_major(self, values: torch.Tensor) -> torch.Tensor:
+        """(n_items, n_users) CSR of the transpose, `values` given in edge order."""
+        return torch.sparse_csr_tensor(
+            self.adj_t.crow_indices(),
+            self.adj_t.col_indices(),
+            values.detach()[self.by_item],
+            (self.n_items, self.n_users),
+            check_invariants=False,
         )
 
 

@@ -14,10 +14,10 @@ from recsys.models.base import Batch
 from recsys.models.dccf import (
     DCCF,
     DCCFParams,
-    augmented_propagate,
     edge_mask,
     info_nce,
     intent_aggregate,
+    learned_hop,
 )
 from recsys.train.sampler import BPRSampler
 
@@ -60,44 +60,41 @@ def test_edge_mask_in_unit_interval_and_matches_cosine():
     assert alpha[0] == pytest.approx(1.0) and alpha[1] == pytest.approx(0.0, abs=1e-6)
 
 
-def test_edge_mask_gradient_matches_gathered_reference():
-    graph = normalized_adjacency(TINY)
-    weights = torch.randn(graph.n_edges)
-    grads = []
-    for sparse in (True, False):
-        gen = torch.Generator().manual_seed(2)
-        h_users, h_items = torch.randn(5, 4, generator=gen), torch.randn(4, 4, generator=gen)
-        h_users.requires_grad_(), h_items.requires_grad_()
-        if sparse:
-            alpha = edge_mask(graph, h_users, h_items)
-        else:
-            cos = F.cosine_similarity(h_users[graph.edge_user], h_items[graph.edge_item], dim=1)
-            alpha = (cos + 1) / 2
-        (alpha * weights).sum().backward()
-        grads.append((h_users.grad, h_items.grad))
-    torch.testing.assert_close(grads[0], grads[1])
-
-
-def test_augmented_adjacency_is_row_stochastic_both_ways():
-    graph = normalized_adjacency(TINY)
-    alpha = torch.rand(graph.n_edges) + 0.1
-    to_users, to_items = augmented_propagate(graph, alpha, torch.ones(5, 1), torch.ones(4, 1))
-    has_edge_u, has_edge_i = (
-        torch.from_numpy(TINY.getnnz(1) > 0),
-        torch.from_numpy(TINY.getnnz(0) > 0),
-    )
-    torch.testing.assert_close(to_users[has_edge_u, 0], torch.ones(int(has_edge_u.sum())))
-    torch.testing.assert_close(to_items[has_edge_i, 0], torch.ones(int(has_edge_i.sum())))
-    assert (to_users[~has_edge_u] == 0).all()
-    # Against the dense D⁻¹M, rows normalised per direction.
-    m = torch.zeros(5, 4)
-    m[graph.edge_user, graph.edge_item] = alpha
-    x_users, x_items = torch.randn(5, 3), torch.randn(4, 3)
-    to_users, to_items = augmented_propagate(graph, alpha, x_users, x_items)
+def dense_learned_hop(graph, h_users, h_items, x_users, x_items):
+    """The learned hop by the book: gathered cosines, a dense M_α, explicit row normalisation."""
+    cos = F.cosine_similarity(h_users[graph.edge_user], h_items[graph.edge_item], dim=1)
+    m = torch.zeros(graph.n_users, graph.n_items, dtype=h_users.dtype)
+    m = m.index_put((graph.edge_user, graph.edge_item), (cos + 1) / 2)
     row_u = m / m.sum(1, keepdim=True).clamp_min(1e-12)
     row_i = m.T / m.T.sum(1, keepdim=True).clamp_min(1e-12)
-    torch.testing.assert_close(to_users, row_u @ x_items)
-    torch.testing.assert_close(to_items, row_i @ x_users)
+    return row_u @ x_items, row_i @ x_users
+
+
+def test_learned_adjacency_is_row_stochastic_both_ways():
+    graph = normalized_adjacency(TINY)
+    h_users, h_items = torch.randn(5, 4), torch.randn(4, 4)
+    to_users, to_items = learned_hop(graph, h_users, h_items, torch.ones(5, 1), torch.ones(4, 1))
+    has_edge_u = torch.from_numpy(TINY.getnnz(1) > 0)
+    has_edge_i = torch.from_numpy(TINY.getnnz(0) > 0)
+    torch.testing.assert_close(to_users[has_edge_u, 0], torch.ones(int(has_edge_u.sum())))
+    torch.testing.assert_close(to_items[has_edge_i, 0], torch.ones(int(has_edge_i.sum())))
+    assert (to_users[~has_edge_u] == 0).all()  # user 2 has no edges
+
+
+def test_learned_hop_matches_dense_reference_including_gradient():
+    graph = normalized_adjacency(TINY)
+    graph = graph.with_values(graph.values.double())  # float64: exact comparison of gradients
+    gen = torch.Generator().manual_seed(2)
+    inputs = [torch.randn(n, 3, generator=gen, dtype=torch.float64) for n in (5, 4, 5, 4)]
+    upstream = [torch.randn(n, 3, generator=gen, dtype=torch.float64) for n in (5, 4)]
+    results = []
+    for fn in (learned_hop, dense_learned_hop):
+        leaves = [x.clone().requires_grad_() for x in inputs]
+        outs = fn(graph, *leaves)
+        sum((o * g).sum() for o, g in zip(outs, upstream)).backward()
+        results.append((*(o.detach() for o in outs), *(x.grad for x in leaves)))
+    for got, want in zip(*results):
+        torch.testing.assert_close(got, want)
 
 
 def test_intent_aggregation_equals_dense_reference():

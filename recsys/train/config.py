@@ -18,6 +18,7 @@ import tomllib
 
 from recsys.errors import ConfigError
 from recsys.models import model_class
+from recsys.train.sampler import BPRSampler
 
 
 @dataclass
@@ -27,6 +28,13 @@ class TrainParams:
         metadata={"help": "maximum training epochs (passes over the training interactions)"},
     )
     batch_size: int = field(default=2048, metadata={"help": "BPR triples per step"})
+    sampling: str = field(
+        default="edge",
+        metadata={
+            "help": "edge: each training interaction once per epoch | user: users equally often, "
+            "a random positive each (the LightGCN/DCCF reference protocol)"
+        },
+    )
     lr: float = field(default=1e-3, metadata={"help": "Adam learning rate"})
     eval_every: int = field(default=1, metadata={"help": "validate every N epochs"})
     patience: int = field(
@@ -114,7 +122,12 @@ def resolve_config(model: str, *layers: tuple[str, dict[str, Any]]) -> RunConfig
                 )
             section, f = table[norm]
             values[section][f.name] = _coerce(value, f, key, source)
-    return RunConfig(model, TrainParams(**values["train"]), cls.Params(**values["params"]))
+    train = TrainParams(**values["train"])
+    if train.sampling not in BPRSampler.MODES:
+        raise ConfigError(
+            f"option 'sampling' must be one of {', '.join(BPRSampler.MODES)}, got {train.sampling!r}"
+        )
+    return RunConfig(model, train, cls.Params(**values["params"]))
 
 
 def read_config_file(path: str | Path) -> dict[str, Any]:

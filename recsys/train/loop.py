@@ -119,7 +119,7 @@ def train(
                 "dataset has no validation split: training a fixed %d epochs and keeping the last weights",
                 opts.epochs,
             )
-        sampler = BPRSampler(ds.train, rng)
+        sampler = BPRSampler(ds.train, rng, opts.sampling)
         _fit(
             model,
             graph,

@@ -1,4 +1,13 @@
-"""Vectorised BPR sampling: every training interaction once per epoch, uniform negatives."""
+"""Vectorised BPR sampling, uniform negatives; an epoch is as many triples as training pairs.
+
+Two ways to pick the (user, positive) pairs:
+- "edge": every training interaction exactly once per epoch, in random order. Heavy users get
+  as many steps as they have items.
+- "user": users in random order, each equally often (a fresh permutation of the users with
+  training items per pass, so a batch repeats a user only across a pass boundary), with one
+  of their positives drawn uniformly. This is the protocol of the LightGCN and DCCF reference
+  code; it weighs every user the same, as user-averaged Recall@K and NDCG@K do.
+"""
 
 from __future__ import annotations
 
@@ -16,7 +25,12 @@ class BPRSampler:
     Python loop runs per interaction.
     """
 
-    def __init__(self, train: sp.csr_matrix, rng: np.random.Generator):
+    MODES = ("edge", "user")
+
+    def __init__(self, train: sp.csr_matrix, rng: np.random.Generator, mode: str = "edge"):
+        if mode not in self.MODES:
+            raise ValueError(f"sampling must be one of {', '.join(self.MODES)}, got {mode!r}")
+        self.mode = mode
         train = sp.csr_matrix(train)
         train.sort_indices()
         self.n_items = train.shape[1]
@@ -29,6 +43,11 @@ class BPRSampler:
             # A user who has seen every item has no negative to sample; drop their pairs.
             keep = ~full[self.users]
             self.users, self.items, self.keys = self.users[keep], self.items[keep], self.keys[keep]
+        # Per user, the slice of self.items holding their positives ("user" mode).
+        counts = np.bincount(self.users, minlength=train.shape[0])
+        self.active_users = np.flatnonzero(counts)
+        self.user_start = np.concatenate([[0], np.cumsum(counts)[:-1]])
+        self.user_degree = counts
 
     def __len__(self) -> int:
         return len(self.users)
@@ -48,8 +67,19 @@ class BPRSampler:
         return neg
 
     def epoch(self, batch_size: int) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
-        order = self.rng.permutation(len(self.users))
-        for start in range(0, len(order), batch_size):
-            idx = order[start : start + batch_size]
-            users = self.users[idx]
-            yield users, self.items[idx], self.sample_negatives(users)
+        if self.mode == "edge":
+            order = self.rng.permutation(len(self.users))
+            users_all = self.users[order]
+        else:
+            passes = -(-len(self.users) // max(len(self.active_users), 1))
+            users_all = np.concatenate(
+                [self.rng.permutation(self.active_users) for _ in range(passes)]
+            )[: len(self.users)]
+        for start in range(0, len(users_all), batch_size):
+            users = users_all[start : start + batch_size]
+            if self.mode == "edge":
+                pos = self.items[order[start : start + batch_size]]
+            else:
+                offset = (self.rng.random(len(users)) * self.user_degree[users]).astype(np.int64)
+                pos = self.items[self.user_start[users] + offset]
+            yield users, pos, self.sample_negatives(users)
