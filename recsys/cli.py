@@ -164,6 +164,10 @@ def train(
     model: str | None = typer.Option(None, help=f"one of: {', '.join(MODELS)}"),
     epochs: int | None = typer.Option(None, help="maximum epochs [100]"),
     batch_size: int | None = typer.Option(None, help="BPR triples per step [2048, or the model's]"),
+    sampling: str | None = typer.Option(
+        None,
+        help="edge: each interaction once per epoch | user: users equally often [edge, or the model's]",
+    ),
     lr: float | None = typer.Option(None, help="Adam learning rate [1e-3]"),
     dim: int | None = typer.Option(None, help="embedding size"),
     layers: int | None = typer.Option(None, help="propagation layers (graph models)"),
@@ -185,6 +189,7 @@ def train(
     given = dict(
         epochs=epochs,
         batch_size=batch_size,
+        sampling=sampling,
         lr=lr,
         dim=dim,
         layers=layers,
@@ -299,7 +304,7 @@ def models(name: str | None = typer.Argument(None, help="show one model's option
         }
         typer.echo(
             f"{model}:  (training defaults: "
-            + ", ".join(f"{k}={defaults[k]}" for k in ("batch_size", "lr", "epochs"))
+            + ", ".join(f"{k}={defaults[k]}" for k in ("batch_size", "sampling", "lr", "epochs"))
             + ")"
         )
         for f in dataclasses.fields(cls.Params):
