@@ -113,7 +113,7 @@ def main() -> None:
     ap.add_argument("--data", default="/work/ds/yelp")
     ap.add_argument("--batch-size", type=int, default=10240)
     ap.add_argument("--lr", type=float, default=1e-3)
-    ap.add_argument("--sampling", default="user", choices=("edge", "user"))
+    ap.add_argument("--sampling", default="edge", choices=("edge", "user"))
     ap.add_argument("--minutes", type=float, default=20.0, help="training budget")
     ap.add_argument("--eval-every", type=int, default=1)
     ap.add_argument(
