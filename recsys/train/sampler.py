@@ -69,17 +69,13 @@ class BPRSampler:
     def epoch(self, batch_size: int) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
         if self.mode == "edge":
             order = self.rng.permutation(len(self.users))
-            users_all = self.users[order]
+            users, pos = self.users[order], self.items[order]
         else:
             passes = -(-len(self.users) // max(len(self.active_users), 1))
-            users_all = np.concatenate(
-                [self.rng.permutation(self.active_users) for _ in range(passes)]
-            )[: len(self.users)]
-        for start in range(0, len(users_all), batch_size):
-            users = users_all[start : start + batch_size]
-            if self.mode == "edge":
-                pos = self.items[order[start : start + batch_size]]
-            else:
-                offset = (self.rng.random(len(users)) * self.user_degree[users]).astype(np.int64)
-                pos = self.items[self.user_start[users] + offset]
-            yield users, pos, self.sample_negatives(users)
+            users = np.concatenate([self.rng.permutation(self.active_users) for _ in range(passes)])
+            users = users[: len(self.users)]
+            offset = (self.rng.random(len(users)) * self.user_degree[users]).astype(np.int64)
+            pos = self.items[self.user_start[users] + offset]
+        for start in range(0, len(users), batch_size):
+            batch = users[start : start + batch_size]
+            yield batch, pos[start : start + batch_size], self.sample_negatives(batch)
