@@ -5,7 +5,8 @@
     python benchmarks/dccf_yelp.py --smoke               # a minute: one epoch, small trade table
 
 The floor of a step is its unavoidable dense and sparse products, timed alone on the same
-shapes: the 3·L bipartite propagations (forward and backward, edge-weight gradients included),
+shapes: per layer the graph hop (forward and backward: 4 sparse products) and the two learned
+hops (per view 3 sampled products for the cosines and ∂w, 6 sparse products for the hop, ∂E, ∂h),
 the 2·L·2 intent GEMM pairs x C, softmax(·) Cᵀ (forward and backward), and the 3 InfoNCE GEMMs
 per (layer, side) at the batch's distinct-node counts, in row blocks of whichever size is
 fastest for them (2^19..2^23 score entries; the model uses 2^22). Everything else (softmax,
@@ -30,7 +31,6 @@ import torch  # noqa: E402
 
 from recsys.data.dataset import Dataset  # noqa: E402
 from recsys.evaluate import evaluate  # noqa: E402
-from recsys.graph import propagate  # noqa: E402
 from recsys.models import Batch  # noqa: E402
 from recsys.train.config import resolve_config  # noqa: E402
 from recsys.train.loop import build_model  # noqa: E402
@@ -53,16 +53,25 @@ def floor_of_step(model, graph, batch: Batch) -> dict[str, float]:
     p, d = model.params, model.params.dim
     users = torch.randn(graph.n_users, d, requires_grad=True)
     items = torch.randn(graph.n_items, d, requires_grad=True)
-    weights = torch.rand(graph.n_edges, requires_grad=True)
+    grad_users, grad_items = torch.randn(graph.n_users, d), torch.randn(graph.n_items, d)
+    weights = torch.rand(graph.n_edges)
+    by_users, by_items = graph.user_major(weights), graph.item_major(weights)
 
     def sparse():
-        for _ in range(p.layers):
-            z = propagate(graph, users, items)
-            h = propagate(graph.with_values(weights), users, items)
-            g = propagate(graph.with_values(weights), users, items)
-            outs = (*z, *h, *g)
-            # Dense upstream gradients, as in training (a .sum() would hand back stride-0 ones).
-            torch.autograd.backward(outs, [torch.randn_like(t) for t in outs])
+        with torch.no_grad():
+            for _ in range(p.layers):
+                # Z = ÂE, forward and backward: four products.
+                for w in (graph.adj, graph.adj_t, graph.adj_t, graph.adj):
+                    torch.sparse.mm(w, items if w is graph.adj else users)
+                for _view in ("H", "P"):
+                    # Learned hop: cosines (sampled) and the hop; backward: ∂w (two sampled),
+                    # ∂E and ∂h (four products).
+                    torch.sparse.sampled_addmm(graph.adj, users, items.T, beta=0.0)
+                    torch.sparse.mm(by_users, items), torch.sparse.mm(by_items, users)
+                    torch.sparse.sampled_addmm(graph.adj, grad_users, items.T, beta=0.0)
+                    torch.sparse.sampled_addmm(graph.adj, users, grad_items.T, beta=0.0)
+                    torch.sparse.mm(by_users, grad_items), torch.sparse.mm(by_items, grad_users)
+                    torch.sparse.mm(by_users, items), torch.sparse.mm(by_items, users)
 
     def intents():
         for _ in range(p.layers):
@@ -72,17 +81,19 @@ def floor_of_step(model, graph, batch: Batch) -> dict[str, float]:
 
     counts = [int(torch.unique(batch.users).numel()), int(torch.unique(batch.pos_items).numel())]
     views = [torch.randn(3 * n, d) for n in counts]
+    anchors = [torch.randn(n, d) for n in counts]
 
     def info_nce(block_entries: int):
         # The model's row blocks: `rows` anchors against all 3n view rows at a time.
+        blocks = [max(1, block_entries // (3 * n)) for n in counts]
+        scores = [torch.randn(rows, 3 * n) for rows, n in zip(blocks, counts)]
+
         def run():
             for _ in range(p.layers):
-                for n, v in zip(counts, views):
-                    rows = max(1, block_entries // (3 * n))
-                    block, scores = torch.randn(rows, d), torch.randn(rows, 3 * n)
+                for n, a, v, rows, s in zip(counts, anchors, views, blocks, scores):
                     for start in range(0, n, rows):
                         b = min(rows, n - start)
-                        block[:b] @ v.T, scores[:b] @ v, scores[:b].T @ block[:b]
+                        a[start : start + b] @ v.T, s[:b] @ v, s[:b].T @ a[start : start + b]
 
         return run
 
@@ -136,12 +147,12 @@ def main() -> None:
     config = resolve_config("dccf", ("benchmark", options))
     model, graph, _ = build_model(config, ds, torch.device("cpu"))
     optimizer = torch.optim.Adam(model.parameters(), lr=config.train.lr)
-    sampler = BPRSampler(ds.train, np.random.default_rng(config.train.seed), args.sampling)
+    sampler = BPRSampler(ds.train, np.random.default_rng(config.train.seed), config.train.sampling)
     print(
         f"dccf on {args.data}: {ds.n_users} users, {ds.n_items} items, {ds.train.nnz} train edges; {config.params}"
     )
     print(
-        f"batch {args.batch_size} ({args.sampling} sampling), lr {args.lr}, {sampler.n_batches(args.batch_size)} steps/epoch, {torch.get_num_threads()} threads"
+        f"batch {args.batch_size} ({config.train.sampling} sampling), lr {args.lr}, {sampler.n_batches(args.batch_size)} steps/epoch, {torch.get_num_threads()} threads"
     )
 
     print("\nepoch  epoch_s  train_s  wall_s  valid_R@20  test_R@20  test_N@20")

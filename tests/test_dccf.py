@@ -97,6 +97,21 @@ def test_learned_hop_matches_dense_reference_including_gradient():
         torch.testing.assert_close(got, want)
 
 
+def test_node_whose_mask_is_all_zero_gets_no_output_and_finite_gradients():
+    graph = normalized_adjacency(TINY)
+    h_users, h_items = torch.randn(5, 4), torch.randn(4, 4)
+    # User 4's only edge is to item 2: cos = -1 exactly, α = 0, weighted degree 0.
+    h_users[4], h_items[2] = torch.tensor([2.0, 0, 0, 0]), torch.tensor([-1.0, 0, 0, 0])
+    leaves = [
+        x.clone().requires_grad_() for x in (h_users, h_items, torch.randn(5, 3), torch.randn(4, 3))
+    ]
+    to_users, to_items = learned_hop(graph, *leaves)
+    assert (to_users[4] == 0).all() and to_users[0].abs().sum() > 0
+    (to_users.sum() + to_items.pow(2).sum()).backward()
+    assert all(torch.isfinite(x.grad).all() for x in leaves)
+    assert leaves[0].grad.abs().max() < 1e3
+
+
 def test_intent_aggregation_equals_dense_reference():
     x, c = torch.randn(6, 4, dtype=torch.float64), torch.randn(4, 3, dtype=torch.float64)
     out, weights = intent_aggregate(x, c)

@@ -75,3 +75,9 @@ def test_unknown_sampling_mode_is_refused():
     with pytest.raises(ConfigError, match="sampling.*edge, user.*'users'"):
         resolve_config("mf", ("flags", {"sampling": "users"}))
     assert resolve_config("mf", ("flags", {"sampling": "user"})).train.sampling == "user"
+
+
+@pytest.mark.parametrize("mode", ["edge", "user"])
+def test_nothing_to_sample_gives_an_empty_epoch(mode):
+    train = sp.csr_matrix(np.ones((2, 3)))  # both users have seen every item
+    assert list(BPRSampler(train, np.random.default_rng(0), mode).epoch(4)) == []

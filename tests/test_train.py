@@ -150,3 +150,24 @@ def test_resuming_an_early_stopped_run_trains_no_further(synth_dataset, tmp_path
     assert first["epochs"] < 30  # stopped early
     again = api.train(synth_dataset, tmp_path / "run", resume=True, progress=False)
     assert again["epochs"] == first["epochs"] and again["test"] == first["test"]
+
+
+def test_sampling_option_reaches_the_sampler(synth_dataset, tmp_path, monkeypatch):
+    from recsys.train import loop
+    from recsys.train.sampler import BPRSampler
+
+    modes = []
+
+    class Recording(BPRSampler):
+        def __init__(self, train, rng, mode="edge"):
+            modes.append(mode)
+            super().__init__(train, rng, mode)
+
+    monkeypatch.setattr(loop, "BPRSampler", Recording)
+    user = api.train(
+        synth_dataset, tmp_path / "u", "mf", {**FAST, "sampling": "user"}, progress=False
+    )
+    edge = api.train(synth_dataset, tmp_path / "e", "mf", FAST, progress=False)
+    assert modes == ["user", "edge"]
+    assert json.loads((tmp_path / "u" / "config.json").read_text())["train"]["sampling"] == "user"
+    assert user["valid"] != edge["valid"]

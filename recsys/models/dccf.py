@@ -15,8 +15,9 @@ the ego embeddings E⁽⁰⁾:
     [loss]   L = L_bpr + λ₁ L_ssl + λ₂ ‖E⁽⁰⁾_batch‖² + λ₃ (‖C_u‖² + ‖C_i‖²)
 
 Symbols: Â → `graph.adj` (R̃, built once by recsys.graph); E⁽⁰⁾ → `user_emb`, `item_emb`;
-C_u, C_i (d × K) → `user_intents`, `item_intents`; K → `intents`; L → `layers`; α → `edge_mask`; Ĝ → `learned_hop`;
-τ → `temperature`; λ₁ → `ssl_weight`; λ₂ → `reg`; λ₃ → `prototype_reg`.
+C_u, C_i (d × K) → `user_intents`, `item_intents`; K → `intents`; L → `layers`;
+α → `edge_mask`; Ĝ → `learned_hop`; τ → `temperature`; λ₁ → `ssl_weight`; λ₂ → `reg`;
+λ₃ → `prototype_reg`.
 
 Row normalisation of the bipartite learned graph: M_α is (n_users × n_items) with the mask on
 every training edge, and the (U+I)² adjacency [[0, M_α], [M_αᵀ, 0]] is normalised by its rows,
@@ -96,45 +97,52 @@ def edge_cosine(
 
 def edge_mask(graph: Graph, h_users: torch.Tensor, h_items: torch.Tensor) -> torch.Tensor:
     """[mask]: α_ui = (cos(h_u, h_i) + 1) / 2 in [0, 1] for every training edge, (nnz,)."""
+    return _mask(edge_cosine(graph, h_users, h_items)[0])
+
+
+def _mask(cos: torch.Tensor) -> torch.Tensor:
     # Rounding can put a cosine a hair outside [-1, 1]; a negative α would break the degrees.
-    return ((edge_cosine(graph, h_users, h_items)[0] + 1) / 2).clamp(0, 1)
+    return ((cos + 1) / 2).clamp(0, 1)
 
 
 class _LearnedHop(torch.autograd.Function):
     """[mask] and [aug] in one: α from (h_users, h_items), then one hop of (users, items) over
     the learned graph row-normalised both ways, (D_u⁻¹ M_α items, D_i⁻¹ M_αᵀ users).
 
-    The row normalisation lives in the edge weights, w_u = α / deg_u(u) and w_i = α / deg_i(i),
-    and backward is derived by hand on edges: per step it does the two products, the three
-    sampled products (two for ∂w, one for the cosine) and two products for ∂h, with edge-sized
-    glue; autograd through normalize/divide cost ~20 extra passes over (n, d) per view.
-    The clamp in α only absorbs rounding, so its gradient is taken as the identity.
+    The row normalisation lives in the edge weights, w_user = α / deg_u(u) and
+    w_item = α / deg_i(i), and backward is derived by hand on edges. Forward: one sampled
+    product (the cosines) and two sparse products; backward: two sampled products (∂w) and
+    four sparse products (∂E, ∂h), with edge-sized glue in between. Autograd through
+    normalize and divide made ~20 extra passes over (n, d) per view. The clamp in α only
+    absorbs rounding, so its gradient is taken as the identity; a node whose α are all 0 has
+    no defined normalisation and gets no output and no gradient.
     """
 
     @staticmethod
     def forward(ctx, h_users, h_items, users, items, graph):
         eu, ei = graph.edge_user, graph.edge_item
         cos, inv_user, inv_item = edge_cosine(graph, h_users, h_items)
-        alpha = ((cos + 1) / 2).clamp(0, 1)
-        # Nodes with edges have α > 0 unless every cosine is exactly -1; the clamp keeps 0/0 out.
-        deg_user = torch.zeros_like(inv_user).index_add_(0, eu, alpha).clamp_min(1e-12)
-        deg_item = torch.zeros_like(inv_item).index_add_(0, ei, alpha).clamp_min(1e-12)
-        w_user, w_item = alpha / deg_user[eu], alpha / deg_item[ei]
+        alpha = _mask(cos)
+        inv_deg_user = _inverse(torch.zeros_like(inv_user).index_add_(0, eu, alpha))
+        inv_deg_item = _inverse(torch.zeros_like(inv_item).index_add_(0, ei, alpha))
+        w_user, w_item = alpha * inv_deg_user[eu], alpha * inv_deg_item[ei]
         to_users = torch.sparse.mm(graph.user_major(w_user), items)
         to_items = torch.sparse.mm(graph.item_major(w_item), users)
         ctx.save_for_backward(
-            h_users, h_items, users, items, inv_user, inv_item, cos, w_user, w_item
+            h_users, h_items, users, items, cos, inv_user, inv_item, inv_deg_user, inv_deg_item
         )
-        ctx.deg = deg_user, deg_item
         ctx.graph = graph
         return to_users, to_items
 
     @staticmethod
     def backward(ctx, grad_users, grad_items):
-        h_users, h_items, users, items, inv_user, inv_item, cos, w_user, w_item = ctx.saved_tensors
-        deg_user, deg_item = ctx.deg
+        h_users, h_items, users, items, cos, inv_user, inv_item, inv_deg_user, inv_deg_item = (
+            ctx.saved_tensors
+        )
         graph = ctx.graph
         eu, ei = graph.edge_user, graph.edge_item
+        alpha = _mask(cos)
+        w_user, w_item = alpha * inv_deg_user[eu], alpha * inv_deg_item[ei]
         g_users = g_items = g_h_users = g_h_items = None
         if ctx.needs_input_grad[2]:
             g_users = torch.sparse.mm(graph.user_major(w_item), grad_items)
@@ -145,16 +153,18 @@ class _LearnedHop(torch.autograd.Function):
             g_w_user = torch.sparse.sampled_addmm(graph.adj, grad_users, items.T, beta=0.0)
             g_w_item = torch.sparse.sampled_addmm(graph.adj, users, grad_items.T, beta=0.0)
             g_w_user, g_w_item = g_w_user.values(), g_w_item.values()
-            row_user = torch.zeros_like(deg_user).index_add_(0, eu, g_w_user * w_user)
-            row_item = torch.zeros_like(deg_item).index_add_(0, ei, g_w_item * w_item)
+            row_user = torch.zeros_like(inv_user).index_add_(0, eu, g_w_user * w_user)
+            row_item = torch.zeros_like(inv_item).index_add_(0, ei, g_w_item * w_item)
             g_cos = 0.5 * (
-                (g_w_user - row_user[eu]) / deg_user[eu] + (g_w_item - row_item[ei]) / deg_item[ei]
+                (g_w_user - row_user[eu]) * inv_deg_user[eu]
+                + (g_w_item - row_item[ei]) * inv_deg_item[ei]
             )
-            # cos = (h_u·h_i)·a_u·a_i with a = 1/‖h‖, and ∂a_u/∂h_u = -a_u³ h_u.
+            # cos = (h_u·h_i)·a_u·a_i with a = 1/‖h‖ and ∂a_u/∂h_u = -a_u³ h_u: a tangential part
+            # through the dot product and a radial part -(Σ_e ∂cos_e·cos_e)·a_u²·h_u.
             g_dot = g_cos * inv_user[eu] * inv_item[ei]
-            g_cos_cos = g_cos * cos
-            radial_user = torch.zeros_like(deg_user).index_add_(0, eu, g_cos_cos) * inv_user**2
-            radial_item = torch.zeros_like(deg_item).index_add_(0, ei, g_cos_cos) * inv_item**2
+            g_cos_by_cos = g_cos * cos
+            radial_user = torch.zeros_like(inv_user).index_add_(0, eu, g_cos_by_cos) * inv_user**2
+            radial_item = torch.zeros_like(inv_item).index_add_(0, ei, g_cos_by_cos) * inv_item**2
             g_h_users = torch.sparse.mm(graph.user_major(g_dot), h_items).sub_(
                 radial_user[:, None] * h_users
             )
@@ -162,6 +172,11 @@ class _LearnedHop(torch.autograd.Function):
                 radial_item[:, None] * h_items
             )
         return g_h_users, g_h_items, g_users, g_items, None
+
+
+def _inverse(degree: torch.Tensor) -> torch.Tensor:
+    """1/degree, and 0 where the degree is 0 (no edges, or every α of the node is 0)."""
+    return torch.where(degree > 0, degree.reciprocal(), 0.0)
 
 
 def learned_hop(

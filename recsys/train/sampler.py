@@ -4,8 +4,9 @@ Two ways to pick the (user, positive) pairs:
 - "edge": every training interaction exactly once per epoch, in random order. Heavy users get
   as many steps as they have items.
 - "user": users in random order, each equally often (a fresh permutation of the users with
-  training items per pass, so a batch repeats a user only across a pass boundary), with one
-  of their positives drawn uniformly. This is the protocol of the LightGCN and DCCF reference
+  training items per pass, so a batch repeats a user only across a pass boundary; the last,
+  partial pass of an epoch makes counts differ by at most one), with one of their positives
+  drawn uniformly. This is the protocol of the LightGCN and DCCF reference
   code; it weighs every user the same, as user-averaged Recall@K and NDCG@K do.
 """
 
@@ -67,6 +68,8 @@ class BPRSampler:
         return neg
 
     def epoch(self, batch_size: int) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+        if not len(self.users):
+            return  # nothing to sample: no user has both a positive and a negative
         if self.mode == "edge":
             order = self.rng.permutation(len(self.users))
             users, pos = self.users[order], self.items[order]
