@@ -30,6 +30,20 @@ class Batch:
     pos_items: torch.Tensor
     neg_items: torch.Tensor
 
+    def rows(
+        self, users: torch.Tensor, items: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The batch's rows of (users, items): (u, pos, neg), each (B, d).
+
+        index_select rather than x[idx]: its backward is an index_add, about 3× faster on CPU
+        than the accumulate-mode index_put that advanced indexing uses.
+        """
+        return (
+            users.index_select(0, self.users),
+            items.index_select(0, self.pos_items),
+            items.index_select(0, self.neg_items),
+        )
+
 
 class Recommender(nn.Module):
     """Base of all models.

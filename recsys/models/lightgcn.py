@@ -54,10 +54,6 @@ class LightGCN(EmbeddingRecommender):
 
     def loss_terms(self, batch: Batch, graph):
         users, items = self.propagate(graph)
-        u, p, n = users[batch.users], items[batch.pos_items], items[batch.neg_items]
-        ego = (
-            self.user_emb[batch.users],
-            self.item_emb[batch.pos_items],
-            self.item_emb[batch.neg_items],
-        )
+        u, p, n = batch.rows(users, items)
+        ego = batch.rows(self.user_emb, self.item_emb)
         return {"bpr": bpr_loss(u, p, n), "reg": self.params.reg * l2_penalty(*ego)}

@@ -32,9 +32,5 @@ class MF(EmbeddingRecommender):
         return self.user_emb, self.item_emb
 
     def loss_terms(self, batch: Batch, graph):
-        u, p, n = (
-            self.user_emb[batch.users],
-            self.item_emb[batch.pos_items],
-            self.item_emb[batch.neg_items],
-        )
+        u, p, n = batch.rows(self.user_emb, self.item_emb)
         return {"bpr": bpr_loss(u, p, n), "reg": self.params.reg * l2_penalty(u, p, n)}
