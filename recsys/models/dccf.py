@@ -198,10 +198,12 @@ class _InfoNCE(torch.autograd.Function):
     in the same pass from softmax - identity, so no n² tensor outlives its block. Each block
     costs three GEMMs, one exp and one row sum over the scores; the 1/τ scale and the shift
     ride in an extra GEMM column, and the softmax division is applied to (b, d) results.
-    The scores of a block come from one GEMM against all V views stacked (b × Vn): 25% faster
-    than V batched ones. The two GEMMs that read them back are batched over the views on a
-    strided view of that block, with d columns: a column of ones for the row sums there (d + 1
-    output columns) made them 40% slower than a separate sum.
+    Measured per yelp block (b = 166, n = 8400, 2 threads): the scores as one GEMM against
+    the V views stacked (b × Vn), 1.0 ms against 1.25 ms batched; reading them back, batched
+    over views on a strided view of the block, with d output columns (1.14 ms) rather than
+    d + 1 with a column of ones for the row sums (1.63 ms); the row sums on the contiguous
+    block (0.31 ms, strided 0.41 ms). Writing every block into one buffer made the whole
+    InfoNCE 1.36× faster: a fresh 16 MiB block per iteration is fresh pages to fault in.
     """
 
     @staticmethod
@@ -215,13 +217,13 @@ class _InfoNCE(torch.autograd.Function):
         total = n_views * n / temperature - (anchor * views).sum() / temperature
         block = SCORE_BLOCK if anchor.device.type == "cpu" else CUDA_SCORE_BLOCK
         rows = min(n, max(1, block // (n_views * n)))
-        buffer = anchor.new_empty(rows, n_views * n)  # reused: no fresh pages per block
+        buffer = anchor.new_empty(rows, n_views * n)
         for start in range(0, n, rows):
             stop = min(start + rows, n)
             scores = torch.mm(shifted[start:stop], views_ext.T, out=buffer[: stop - start]).exp_()
             by_row = scores.view(stop - start, n_views, n)
             probs = by_row.transpose(0, 1)  # (V, b, n), strided
-            norm = by_row.sum(2).T[:, :, None]  # (V, b, 1); summed contiguous: 25% faster
+            norm = by_row.sum(2).T[:, :, None]  # (V, b, 1)
             total = total + norm.log().sum()
             grad_anchor[start:stop] = (torch.bmm(probs, views) / norm).sum(0)
             grad_views.baddbmm_(probs.transpose(1, 2), anchor[start:stop] / norm)
