@@ -84,8 +84,8 @@ def intent_aggregate(
 
 def edge_cosine(
     graph: Graph, h_users: torch.Tensor, h_items: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(cos(h_u, h_i) per training edge, 1/‖h_users‖, 1/‖h_items‖).
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(cos(h_u, h_i) per training edge, 1/‖h_users‖, 1/‖h_items‖, 1/(‖h_u‖‖h_i‖) per edge).
 
     A sampled product of the raw embeddings scaled per edge by the endpoints' inverse norms:
     edge-sized work instead of normalising every (n, d) row.
@@ -93,7 +93,13 @@ def edge_cosine(
     inv_user = h_users.norm(dim=1).clamp_min(1e-12).reciprocal()
     inv_item = h_items.norm(dim=1).clamp_min(1e-12).reciprocal()
     dot = torch.sparse.sampled_addmm(graph.adj, h_users, h_items.T, beta=0.0).values()
-    return dot * inv_user[graph.edge_user] * inv_item[graph.edge_item], inv_user, inv_item
+    scale = _on_edges(inv_user, graph.edge_user) * _on_edges(inv_item, graph.edge_item)
+    return dot * scale, inv_user, inv_item, scale
+
+
+def _on_edges(node_values: torch.Tensor, endpoint: torch.Tensor) -> torch.Tensor:
+    """A per-node vector read at one endpoint of every edge (index_select: 3-4× x[idx] on CPU)."""
+    return node_values.index_select(0, endpoint)
 
 
 def edge_mask(graph: Graph, h_users: torch.Tensor, h_items: torch.Tensor) -> torch.Tensor:
@@ -122,28 +128,29 @@ class _LearnedHop(torch.autograd.Function):
     @staticmethod
     def forward(ctx, h_users, h_items, users, items, graph):
         eu, ei = graph.edge_user, graph.edge_item
-        cos, inv_user, inv_item = edge_cosine(graph, h_users, h_items)
+        cos, inv_user, inv_item, edge_scale = edge_cosine(graph, h_users, h_items)
         alpha = _mask(cos)
-        inv_deg_user = _inverse(torch.zeros_like(inv_user).index_add_(0, eu, alpha))
-        inv_deg_item = _inverse(torch.zeros_like(inv_item).index_add_(0, ei, alpha))
-        w_user, w_item = alpha * inv_deg_user[eu], alpha * inv_deg_item[ei]
+        # 1/degree read at each edge's row, one per direction; kept for backward with w.
+        inv_deg_user = _on_edges(_inverse(torch.zeros_like(inv_user).index_add_(0, eu, alpha)), eu)
+        inv_deg_item = _on_edges(_inverse(torch.zeros_like(inv_item).index_add_(0, ei, alpha)), ei)
+        w_user, w_item = alpha * inv_deg_user, alpha * inv_deg_item
         to_users = torch.sparse.mm(graph.user_major(w_user), items)
         to_items = torch.sparse.mm(graph.item_major(w_item), users)
         ctx.save_for_backward(
-            h_users, h_items, users, items, cos, inv_user, inv_item, inv_deg_user, inv_deg_item
-        )
+            h_users, h_items, users, items, cos, edge_scale, inv_user, inv_item,
+            inv_deg_user, inv_deg_item, w_user, w_item,
+        )  # fmt: skip
         ctx.graph = graph
         return to_users, to_items
 
     @staticmethod
     def backward(ctx, grad_users, grad_items):
-        h_users, h_items, users, items, cos, inv_user, inv_item, inv_deg_user, inv_deg_item = (
-            ctx.saved_tensors
-        )
+        (
+            h_users, h_items, users, items, cos, edge_scale, inv_user, inv_item,
+            inv_deg_user, inv_deg_item, w_user, w_item,
+        ) = ctx.saved_tensors  # fmt: skip
         graph = ctx.graph
         eu, ei = graph.edge_user, graph.edge_item
-        alpha = _mask(cos)
-        w_user, w_item = alpha * inv_deg_user[eu], alpha * inv_deg_item[ei]
         g_users = g_items = g_h_users = g_h_items = None
         if ctx.needs_input_grad[2]:
             g_users = torch.sparse.mm(graph.user_major(w_item), grad_items)
@@ -157,12 +164,12 @@ class _LearnedHop(torch.autograd.Function):
             row_user = torch.zeros_like(inv_user).index_add_(0, eu, g_w_user * w_user)
             row_item = torch.zeros_like(inv_item).index_add_(0, ei, g_w_item * w_item)
             g_cos = 0.5 * (
-                (g_w_user - row_user[eu]) * inv_deg_user[eu]
-                + (g_w_item - row_item[ei]) * inv_deg_item[ei]
+                (g_w_user - _on_edges(row_user, eu)) * inv_deg_user
+                + (g_w_item - _on_edges(row_item, ei)) * inv_deg_item
             )
             # cos = (h_u·h_i)·a_u·a_i with a = 1/‖h‖ and ∂a_u/∂h_u = -a_u³ h_u: a tangential part
             # through the dot product and a radial part -(Σ_e ∂cos_e·cos_e)·a_u²·h_u.
-            g_dot = g_cos * inv_user[eu] * inv_item[ei]
+            g_dot = g_cos * edge_scale
             g_cos_by_cos = g_cos * cos
             radial_user = torch.zeros_like(inv_user).index_add_(0, eu, g_cos_by_cos) * inv_user**2
             radial_item = torch.zeros_like(inv_item).index_add_(0, ei, g_cos_by_cos) * inv_item**2
