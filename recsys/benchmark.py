@@ -12,10 +12,10 @@ Default grids (`GRIDS`): ALS and BPR get a small grid around the settings that s
 data such as yelp-sslrec; MF and LightGCN take larger batches and learning rate so that a
 budget of minutes gets them somewhere; LightGCL and DCCF run the settings that won on
 yelp-sslrec's validation split (README: sampled negatives, lr 5e-3, λ2 1e-5 for LightGCL;
-batch 4096, emb_reg 4e-3, temp 0.2, ssl_reg 0.01 for DCCF), otherwise the papers' defaults. All gradient-trained models are early-stopped on validation within their share of
-the budget. The budget is split
-evenly between the gradient-trained models; the closed-form baselines take seconds and are
-not charged.
+batch 4096, emb_reg 4e-3, temp 0.2, ssl_reg 0.01 for DCCF), otherwise the papers' defaults.
+All gradient-trained models are early-stopped on validation within their share of the budget.
+The budget is split evenly between the gradient-trained models; the closed-form baselines take
+seconds and are not charged.
 
 The results folder holds `results.md`, `results.csv`, `curves.png`, `by_degree.png`,
 `popularity.png`, `data/` (when given a log), `tune/` and `runs/<model>/` (each with a

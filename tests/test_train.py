@@ -132,6 +132,21 @@ def test_config_precedence_aliases_and_errors(tmp_path):
         resolve_config("mf", ("command line", {"epochs": "many"}))
     with pytest.raises(ConfigError, match="unknown model 'nope'"):
         resolve_config("nope")
+    # Out-of-range values are refused by name, under the alias the user typed.
+    for model, options, message in (
+        ("dccf", {"temp": "0"}, "option 'temp' must be > 0, got 0.0"),
+        ("dccf", {"n_intents": 0}, "option 'n_intents' must be ≥ 1, got 0"),
+        ("dccf", {"ssl_reg": -0.1}, "option 'ssl_reg' must be ≥ 0, got -0.1"),
+        ("mf", {"batch_size": 0}, "option 'batch_size' must be ≥ 1, got 0"),
+        ("mf", {"lr": 0}, "option 'lr' must be > 0, got 0.0"),
+        ("mf", {"patience": -1}, "option 'patience' must be ≥ 0, got -1"),
+    ):
+        with pytest.raises(ConfigError, match=f"^command line: {message}$"):
+            resolve_config(model, ("command line", options))
+    assert (
+        resolve_config("dccf", ("command line", {"temp": 0.2, "patience": 0})).params.temperature
+        == 0.2
+    )
     bad = tmp_path / "bad.toml"
     bad.write_text("lr = = 1")
     with pytest.raises(ConfigError, match="bad.toml: not valid TOML"):

@@ -54,23 +54,30 @@ CUDA_SCORE_BLOCK = 1 << 23
 
 @dataclass
 class DCCFParams:
-    dim: int = field(default=32, metadata={"help": "embedding size d"})
-    layers: int = field(default=2, metadata={"help": "propagation layers L"})
+    dim: int = field(default=32, metadata={"help": "embedding size d", "min": 1})
+    layers: int = field(default=2, metadata={"help": "propagation layers L", "min": 1})
     intents: int = field(
-        default=128, metadata={"help": "intent prototypes K per side", "aliases": ("n_intents",)}
+        default=128,
+        metadata={"help": "intent prototypes K per side", "aliases": ("n_intents",), "min": 1},
     )
     reg: float = field(
         default=2.5e-5,
-        metadata={"help": "λ₂ on ‖E⁽⁰⁾_batch‖² (a sum, as the paper)", "aliases": ("emb_reg",)},
+        metadata={
+            "help": "λ₂ on ‖E⁽⁰⁾_batch‖² (a sum, as the paper)",
+            "aliases": ("emb_reg",),
+            "min": 0,
+        },
     )
     prototype_reg: float = field(
-        default=5e-3, metadata={"help": "λ₃ on ‖C_u‖² + ‖C_i‖²", "aliases": ("cen_reg",)}
+        default=5e-3,
+        metadata={"help": "λ₃ on ‖C_u‖² + ‖C_i‖²", "aliases": ("cen_reg",), "min": 0},
     )
     ssl_weight: float = field(
-        default=0.1, metadata={"help": "λ₁ on the InfoNCE terms", "aliases": ("ssl_reg",)}
+        default=0.1,
+        metadata={"help": "λ₁ on the InfoNCE terms", "aliases": ("ssl_reg",), "min": 0},
     )
     temperature: float = field(
-        default=1.0, metadata={"help": "InfoNCE temperature τ", "aliases": ("temp",)}
+        default=1.0, metadata={"help": "InfoNCE temperature τ", "aliases": ("temp",), "above": 0}
     )
 
 

@@ -25,9 +25,12 @@ from recsys.train.sampler import BPRSampler
 class TrainParams:
     epochs: int = field(
         default=100,
-        metadata={"help": "maximum training epochs (passes over the training interactions)"},
+        metadata={
+            "help": "maximum training epochs (passes over the training interactions)",
+            "min": 1,
+        },
     )
-    batch_size: int = field(default=2048, metadata={"help": "BPR triples per step"})
+    batch_size: int = field(default=2048, metadata={"help": "BPR triples per step", "min": 1})
     sampling: str = field(
         default="edge",
         metadata={
@@ -35,11 +38,14 @@ class TrainParams:
             "a random positive each (the LightGCN/DCCF reference protocol)"
         },
     )
-    lr: float = field(default=1e-3, metadata={"help": "Adam learning rate"})
-    eval_every: int = field(default=1, metadata={"help": "validate every N epochs"})
+    lr: float = field(default=1e-3, metadata={"help": "Adam learning rate", "above": 0})
+    eval_every: int = field(default=1, metadata={"help": "validate every N epochs", "min": 1})
     patience: int = field(
         default=10,
-        metadata={"help": "stop after N validations without improvement (0: never stop early)"},
+        metadata={
+            "help": "stop after N validations without improvement (0: never stop early)",
+            "min": 0,
+        },
     )
     metric: str = field(
         default="recall@20", metadata={"help": "validation metric for early stopping"}
@@ -50,7 +56,7 @@ class TrainParams:
     device: str = field(default="auto", metadata={"help": "auto | cpu | cuda"})
     seed: int = field(default=0, metadata={"help": "seed for initialisation, sampling and dropout"})
     max_minutes: float = field(
-        default=0.0, metadata={"help": "stop training after this wall time (0: no limit)"}
+        default=0.0, metadata={"help": "stop training after this wall time (0: no limit)", "min": 0}
     )
 
 
@@ -107,6 +113,16 @@ def _coerce(value: Any, f: dataclasses.Field, key: str, source: str) -> Any:
         raise ConfigError(f"{source}: option {key!r} expects {kind}, got {value!r}") from None
 
 
+def _check_bounds(value: Any, f: dataclasses.Field, key: str, source: str) -> Any:
+    """Field metadata "min" (inclusive) and "above" (exclusive) bound numeric options."""
+    low, above = f.metadata.get("min"), f.metadata.get("above")
+    if low is not None and value < low:
+        raise ConfigError(f"{source}: option {key!r} must be ≥ {low}, got {value!r}")
+    if above is not None and value <= above:
+        raise ConfigError(f"{source}: option {key!r} must be > {above}, got {value!r}")
+    return value
+
+
 def resolve_config(model: str, *layers: tuple[str, dict[str, Any]]) -> RunConfig:
     """Merge (source name, options) layers, lowest precedence first, into a RunConfig."""
     cls = model_class(model)
@@ -121,7 +137,7 @@ def resolve_config(model: str, *layers: tuple[str, dict[str, Any]]) -> RunConfig
                     f"{source}: unknown option {key!r} for model {model!r} (valid: {valid})"
                 )
             section, f = table[norm]
-            values[section][f.name] = _coerce(value, f, key, source)
+            values[section][f.name] = _check_bounds(_coerce(value, f, key, source), f, key, source)
     train = TrainParams(**values["train"])
     if train.sampling not in BPRSampler.MODES:
         raise ConfigError(
