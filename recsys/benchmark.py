@@ -1,26 +1,20 @@
-"""One-command benchmark: train several models on one dataset, test each once, tabulate and plot.
+"""One-command benchmark: tune every model on validation within a budget, test each once.
 
     >>> from recsys.benchmark import run_benchmark
-    >>> run_benchmark("data/sample.csv", "results/sample", ["mostpop", "als", "lightgcn"], budget_minutes=1)
+    >>> run_benchmark("data/sample.csv", "results/sample", ["mostpop", "als", "lightgcn"], budget_minutes=3)
 
-For every model, each point of its option grid is trained on a copy of the dataset without
-the test split and scored on validation (Recall@20); the winner is then trained once more on
-the full dataset, in a subprocess (`recsys train ...`), so its peak RSS is its own and the
-command that made the row is the command printed beside it. Test is evaluated only there.
-
-Default grids (`GRIDS`): ALS and BPR get a small grid around the settings that suit sparse
-data such as yelp-sslrec; MF and LightGCN take larger batches and learning rate so that a
-budget of minutes gets them somewhere; LightGCL and DCCF run the settings that won on
-yelp-sslrec's validation split (README: sampled negatives, lr 5e-3, λ2 1e-5 for LightGCL;
-batch 4096, emb_reg 4e-3, temp 0.2, ssl_reg 0.01 for DCCF), otherwise the papers' defaults.
-All gradient-trained models are early-stopped on validation within their share of the budget.
-The budget is split evenly between the gradient-trained models; the closed-form baselines take
-seconds and are not charged.
+Each model is tuned by `recsys tune` (Optuna TPE on the validation split, median pruning; the
+model's defaults are the first trial) in a subprocess of its own, so its peak RSS is its own and
+its `--threads` is the benchmark's. The budget is shared: the closed-form baselines (ALS, BPR)
+take at most a minute each, MostPop one trial, and the gradient-trained models split the rest
+evenly (whatever a model leaves unused goes to the ones after it). The best trial of each model
+is its row; test is evaluated once, for that trial only. A row whose best validation Recall@20
+never rose above MostPop's is flagged, in the table and in the log.
 
 The results folder holds `results.md`, `results.csv`, `curves.png`, `by_degree.png`,
-`popularity.png`, `data/` (when given a log), `tune/` and `runs/<model>/` (each with a
-`manifest.json`: data and split fingerprint, config, seed, package versions, device), and
-`logs/<model>.log`.
+`popularity.png`, `data/` (when given a log), `tune/<model>/` (the study, every finished trial's
+run directory, `best.toml`; the best run holds a `manifest.json`: data and split fingerprint,
+config, seed, package versions, device) and `logs/<model>.log`.
 """
 
 from __future__ import annotations
@@ -39,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 # Figure, not pyplot: no global backend or state, so a notebook's inline backend stays as it was.
 from matplotlib.figure import Figure
@@ -48,37 +43,21 @@ from recsys import api
 from recsys.atomic import atomic_write, write_json
 from recsys.data.dataset import Dataset
 from recsys.errors import ConfigError
+from recsys.evaluate import evaluate
 from recsys.index import search
 from recsys.models import model_class
 from recsys.train.rundir import RunDir
 
 log = logging.getLogger("recsys")
 
-GRIDS: dict[str, list[dict[str, Any]]] = {
-    "als": [
-        {"dim": d, "reg": r, "alpha": 10.0, "iterations": 15}
-        for d in (64, 128)
-        for r in (0.01, 0.1)
-    ],
-    "bpr": [
-        {"dim": 128, "learning_rate": lr, "reg": r, "iterations": 200}
-        for lr in (0.01, 0.05)
-        for r in (1e-3, 1e-2)
-    ],
-    # Budget-friendly steps for the two models without their own training defaults: on a
-    # loaded 2-core CPU a step's cost is mostly fixed overhead (and, for LightGCN, one full
-    # propagation), so 4× larger batches with a 5× larger Adam rate get much further per minute.
-    "mf": [{"batch_size": 8192, "lr": 5e-3}],
-    "lightgcn": [{"batch_size": 8192, "lr": 5e-3}],
-    "lightgcl": [{"negatives": "sampled", "lr": 5e-3, "weight_decay": 1e-5}],
-    "dccf": [{"batch_size": 4096, "reg": 4e-3, "temperature": 0.2, "ssl_weight": 0.01}],
-}
 KS = (10, 20, 40)
 TABLE_METRICS = [f"{m}@{k}" for m in ("recall", "ndcg", "precision", "hit") for k in KS] + [
     "coverage@20"
 ]
 COSTS = ["train_seconds", "seconds_per_epoch", "best_epoch", "test_eval_seconds", "peak_rss_mib"]
-PACKAGES = ("torch", "numpy", "scipy", "polars", "faiss-cpu", "implicit")
+PACKAGES = ("torch", "numpy", "scipy", "polars", "faiss-cpu", "implicit", "optuna")
+#: minutes of search for a closed-form baseline (a trial takes seconds)
+BASELINE_MINUTES = 1.0
 
 
 def run_benchmark(
@@ -86,52 +65,65 @@ def run_benchmark(
     out: str | Path,
     models: list[str],
     budget_minutes: float = 60.0,
-    grids: dict[str, list[dict[str, Any]]] | None = None,
     seed: int = 0,
+    threads: int | None = None,
 ) -> list[dict]:
-    """Tune, train and test each model on `data`; write tables, plots and manifests to `out`.
+    """Tune, select and test each model on `data`; write tables, plots and manifests to `out`.
 
     Args:
-        data: a dataset folder, or a log / pre-split folder that is prepared into `out/data`
-            with `api.prepare`'s defaults.
+        data: a dataset folder with a validation split, or a log / pre-split folder that is
+            prepared into `out/data` with `api.prepare`'s defaults.
         out: the results folder.
         models: registry names; unavailable ones are reported in the table, not fatal.
-        budget_minutes: training time shared evenly by the gradient-trained models.
-        grids: per-model lists of option dicts (flags of `recsys train`), replacing `GRIDS`.
-        seed: seed of every run.
+        budget_minutes: tuning time for all models together (see the module docstring).
+        seed: seed of every study and run.
+        threads: threads of every subprocess (None: each uses the cores left free).
 
     Returns:
-        One row per model: status, options, command, and (when trained) metrics and costs.
+        One row per model: status, chosen options, how they were chosen, the commands, and
+        (when trained) metrics and costs.
     """
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    started = time.perf_counter()
-    data_dir = dataset_folder(data, out)
-    grids = {**GRIDS, **(grids or {})}
-    classes = {}
-    rows = []
+    if budget_minutes <= 0:
+        raise ConfigError(f"--budget-minutes must be > 0, got {budget_minutes}")
+    classes, rows = {}, []
     for name in models:
         try:
             classes[name] = model_class(name)
         except ConfigError as e:
             log.warning("benchmark: %s", e)
             rows.append({"model": name, "status": f"unavailable: {e}"})
-    n_trainable = sum(cls.trainable for cls in classes.values())
-    tune_dir = None
-    for name, cls in classes.items():
-        grid = grids.get(name, [{}])
-        minutes = (
-            budget_minutes / max(n_trainable, 1) / (len(grid) + (len(grid) > 1))
-            if cls.trainable
-            else 0.0
+    if not classes:
+        raise ConfigError(f"no model to benchmark among {', '.join(models) or 'none given'}")
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    data_dir = dataset_folder(data, out)
+    ds = Dataset.load(data_dir)
+    if ds.valid is None:
+        raise ConfigError(
+            f"{data_dir}: has no validation split to tune on (prepare it with --valid > 0)"
         )
-        common = {"seed": seed} | ({"max_minutes": round(minutes, 3)} if cls.trainable else {})
-        options, tuning = grid[0], []
-        if len(grid) > 1:
-            tune_dir = tune_dir or validation_only(data_dir, out / "tune-data")
-            options, tuning = tune(name, grid, tune_dir, out / "tune" / name, common)
-        rows.append(final_run(name, data_dir, out, common | options) | {"tuning": tuning})
-    write_results(rows, out, data_dir, time.perf_counter() - started, budget_minutes)
+    floor = mostpop_valid_recall(ds)
+    deadline = started + 60 * budget_minutes
+    for i, (name, cls) in enumerate(classes.items()):
+        left = max((deadline - time.perf_counter()) / 60, 0.05)
+        gradient_models_left = sum(c.trainable for c in list(classes.values())[i:])
+        if not cls.search_space:
+            minutes = 0.1
+        elif not cls.trainable:
+            minutes = min(BASELINE_MINUTES, left / max(len(classes) - i, 1))
+        else:
+            reserve = sum(
+                BASELINE_MINUTES for c in list(classes.values())[i + 1 :] if not c.trainable
+            )
+            minutes = max((left - reserve) / gradient_models_left, 0.05)
+        row = tuned_run(name, data_dir, out, minutes, seed, threads)
+        best_valid = row.get("summary", {}).get("valid", {}).get("recall@20")
+        if best_valid is not None and best_valid <= floor and name != "mostpop":
+            row["flag"] = f"validation Recall@20 never above MostPop's {floor:.4f}"
+            log.warning("benchmark: %s: %s (best %.4f)", name, row["flag"], best_valid)
+        rows.append(row)
+    write_results(rows, out, data_dir, time.perf_counter() - started, budget_minutes, floor)
     return rows
 
 
@@ -151,69 +143,35 @@ def dataset_folder(data: str | Path, out: Path) -> Path:
     return out / "data"
 
 
-def validation_only(data_dir: Path, target: Path) -> Path:
-    """A copy of the dataset without its test split, so tuning cannot see test."""
-    ds = Dataset.load(data_dir)
-    if ds.valid is None:
-        raise ConfigError(
-            f"{data_dir}: has no validation split to tune on (prepare it with --valid > 0)"
-        )
-    Dataset(
-        ds.train, ds.valid, None, ds.users, ds.items, {**ds.meta, "tuning_copy_of": str(data_dir)}
-    ).save(target)
-    return target
+def mostpop_valid_recall(ds: Dataset) -> float:
+    """The floor every model must clear: MostPop's validation Recall@20."""
+    popularity = torch.from_numpy(np.asarray(ds.train.getnnz(axis=0), np.float32))
+    # rank, not count, as MostPop itself: equal counts keep the lower index first
+    order = np.lexsort((np.arange(ds.n_items), -popularity.numpy()))
+    score = np.empty(ds.n_items, np.float32)
+    score[order] = np.arange(ds.n_items, 0, -1, dtype=np.float32)
+    users = np.ones((ds.n_users, 1), np.float32)
+    return evaluate(users, score[:, None], ds.train, ds.valid, (20,)).metrics["recall@20"]
 
 
-def tune(
-    name: str, grid: list[dict], tune_data: Path, tune_out: Path, common: dict
-) -> tuple[dict, list[dict]]:
-    """The grid point with the best validation Recall@20, and every point's score."""
-    scores = []
-    for i, point in enumerate(grid):
-        summary = api.train(
-            tune_data, tune_out / str(i), name, common | point, overwrite=True, progress=False
-        )
-        scores.append({"options": point, "valid_recall@20": summary["valid"]["recall@20"]})
-        log.info(
-            "benchmark: %s %s valid recall@20 %.4f", name, point, scores[-1]["valid_recall@20"]
-        )
-    best = max(scores, key=lambda s: s["valid_recall@20"])
-    return best["options"], scores
-
-
-def train_command(name: str, data_dir: Path, run_dir: Path, options: dict) -> list[str]:
-    flags = [f"--{k.replace('_', '-')}={v}" for k, v in options.items()]
-    return [
-        "train",
-        str(data_dir),
-        "--out",
-        str(run_dir),
-        "--model",
-        name,
-        *flags,
-        "--no-progress",
-        "--overwrite",
-    ]
-
-
-def final_run(name: str, data_dir: Path, out: Path, options: dict) -> dict:
-    """Train `name` in a subprocess into out/runs/name; the table row it yields."""
-    run_dir = out / "runs" / name
-    args = train_command(name, data_dir, run_dir, options)
-    row = {
-        "model": name,
-        "options": options,
-        "command": shlex.join(["recsys", *args]),
-        "run_dir": str(run_dir),
-    }
+def tuned_run(
+    name: str, data_dir: Path, out: Path, minutes: float, seed: int, threads: int | None
+) -> dict:
+    """`recsys tune` for `name` in a subprocess; the table row of its best trial."""
+    tune_dir = out / "tune" / name
+    args = [
+        "tune", str(data_dir), "--model", name, "--out", str(tune_dir),
+        "--budget-minutes", f"{minutes:.3g}", "--seed", str(seed), "--overwrite", "--json",
+    ]  # fmt: skip
+    if threads is not None:
+        args += ["--threads", str(threads)]
+    row: dict[str, Any] = {"model": name, "tune_command": shlex.join(["recsys", *args])}
     log_path = out / "logs" / f"{name}.log"
     log_path.parent.mkdir(parents=True, exist_ok=True)
-    log.info("benchmark: %s", row["command"])
+    log.info("benchmark: %s", row["tune_command"])
     with open(log_path, "w") as err:
         proc = subprocess.run(
-            [sys.executable, "-c", "from recsys.cli import main; main()", *args],
-            stdout=subprocess.DEVNULL,
-            stderr=err,
+            [sys.executable, "-m", "recsys", *args], stdout=subprocess.PIPE, stderr=err, text=True
         )
     if proc.returncode != 0:
         last = [line for line in log_path.read_text().splitlines() if line.strip()][-1:] or [
@@ -221,10 +179,30 @@ def final_run(name: str, data_dir: Path, out: Path, options: dict) -> dict:
         ]
         log.warning("benchmark: %s failed: %s", name, last[0])
         return row | {"status": f"failed (exit {proc.returncode}): {last[0]}"}
-    run = RunDir(run_dir)
-    summary = run.read_summary()
-    write_json(run_dir / "manifest.json", manifest(run, row["command"]))
-    return row | {"status": "ok", "summary": summary}
+    study = json.loads(proc.stdout)
+    best = study["best"]
+    if best is None:
+        return row | {"status": f"no trial finished in {minutes:.2g} minutes"}
+    run = RunDir(best["run_dir"])
+    summary = run.read_summary() | {"test": best["test"]}
+    command = shlex.join(
+        ["recsys", "train", str(data_dir), "--out", f"runs/{name}", "--config", best["config"]]
+    )
+    write_json(run.path / "manifest.json", manifest(run, command))
+    counts = study["trials"]
+    chosen = (
+        f"TPE, {sum(counts.values())} trials ({counts.get('pruned', 0)} pruned), {minutes:.2g} min"
+        if best["options"]
+        else "defaults (nothing to tune)"
+    )
+    return row | {
+        "status": "ok",
+        "options": best["options"],
+        "chosen_by": chosen,
+        "command": command,
+        "run_dir": str(run.path),
+        "summary": summary,
+    }
 
 
 def manifest(run: RunDir, command: str) -> dict:
@@ -251,18 +229,27 @@ def manifest(run: RunDir, command: str) -> dict:
 
 
 def flat_row(row: dict) -> dict:
-    """One CSV/Markdown row: test metrics, costs, options and command, straight from metrics.json."""
+    """One CSV/Markdown row: test metrics, costs, setting and commands, from the run and study."""
     flat = {"model": row["model"], "status": row["status"]}
     summary = row.get("summary", {})
-    flat.update({m: summary.get("test", {}).get(m) for m in TABLE_METRICS})
+    flat.update({m: (summary.get("test") or {}).get(m) for m in TABLE_METRICS})
+    flat["valid_recall@20"] = summary.get("valid", {}).get("recall@20")
     flat.update({c: summary.get(c) for c in COSTS})
+    flat["flag"] = row.get("flag", "")
     flat["options"] = json.dumps(row.get("options", {}))
+    flat["chosen_by"] = row.get("chosen_by", "")
     flat["command"] = row.get("command", "")
+    flat["tune_command"] = row.get("tune_command", "")
     return flat
 
 
 def write_results(
-    rows: list[dict], out: Path, data_dir: Path, wall_seconds: float, budget_minutes: float
+    rows: list[dict],
+    out: Path,
+    data_dir: Path,
+    wall_seconds: float,
+    budget_minutes: float,
+    floor: float,
 ) -> None:
     flat = [flat_row(r) for r in rows]
 
@@ -272,18 +259,16 @@ def write_results(
             writer.writeheader()
             writer.writerows(flat)
 
-    if flat:
-        atomic_write(out / "results.csv", write_csv)
+    atomic_write(out / "results.csv", write_csv)
     ok = [r for r in rows if r["status"] == "ok"]
-    if ok and Dataset.load(data_dir).valid is not None:
-        plot_curves(ok, out / "curves.png")
     if ok:
+        plot_curves(ok, out / "curves.png", floor)
         plot_by_degree(ok, out / "by_degree.png")
         plot_popularity(ok, data_dir, out / "popularity.png")
     atomic_write(
         out / "results.md",
         lambda p: p.write_text(
-            results_markdown(rows, flat, data_dir, wall_seconds, budget_minutes)
+            results_markdown(flat, data_dir, wall_seconds, budget_minutes, floor)
         ),
     )
 
@@ -296,26 +281,42 @@ def fmt(value: Any, digits: int = 4) -> str:
     return str(value)
 
 
+def setting(options_json: str) -> str:
+    """The chosen options, compactly: `lr 0.005, layers 3`."""
+    options = json.loads(options_json)
+    return (
+        ", ".join(
+            f"{k} {v:.3g}" if isinstance(v, float) else f"{k} {v}" for k, v in options.items()
+        )
+        or "defaults"
+    )
+
+
 def results_markdown(
-    rows: list[dict], flat: list[dict], data_dir: Path, wall_seconds: float, budget_minutes: float
+    flat: list[dict], data_dir: Path, wall_seconds: float, budget_minutes: float, floor: float
 ) -> str:
     ds = Dataset.load(data_dir)
     head = [
         "model",
         *TABLE_METRICS,
+        "valid R@20",
         "train s",
         "s/epoch",
         "epochs to best",
-        "test eval s",
         "peak RSS MiB",
+        "setting (chosen on validation)",
+        "chosen by",
     ]
     lines = [
         f"# Benchmark on `{data_dir}`",
         "",
         f"{ds.n_users:,} users, {ds.n_items:,} items, splits: "
         + ", ".join(f"{s} {getattr(ds, s).nnz:,}" for s in ds.split_names)
-        + f"; dataset fingerprint `{ds.fingerprint}`. Full ranking over all items, training items excluded; "
-        f"test evaluated once per model. Budget {budget_minutes:g} min; wall time {wall_seconds / 60:.1f} min.",
+        + f"; dataset fingerprint `{ds.fingerprint}`. Full ranking over all items, training items "
+        "excluded. Every model tuned on validation (Optuna TPE, its defaults the first trial), "
+        f"test evaluated once for the chosen trial. Budget {budget_minutes:g} min; wall time "
+        f"{wall_seconds / 60:.1f} min. MostPop's validation Recall@20: {floor:.4f}; a ⚠ marks a "
+        "model whose validation never rose above it.",
         "",
         "| " + " | ".join(head) + " |",
         "|" + "---|" * len(head),
@@ -324,32 +325,29 @@ def results_markdown(
         if f["status"] != "ok":
             continue
         cells = [
-            f["model"],
+            f["model"] + (" ⚠" if f["flag"] else ""),
             *(fmt(f[m]) for m in TABLE_METRICS),
+            fmt(f["valid_recall@20"]),
             fmt(f["train_seconds"], 1),
             fmt(f["seconds_per_epoch"], 2),
-        ]
-        cells += [
             fmt(f["best_epoch"]) if f["seconds_per_epoch"] is not None else "—",
-            fmt(f["test_eval_seconds"], 2),
             fmt(f["peak_rss_mib"], 0),
+            setting(f["options"]),
+            f["chosen_by"],
         ]
         lines.append("| " + " | ".join(cells) + " |")
+    flagged = [f for f in flat if f["flag"]]
+    if flagged:
+        lines += ["", "Flagged:", *(f"- ⚠ **{f['model']}**: {f['flag']}" for f in flagged)]
     missing = [f for f in flat if f["status"] != "ok"]
     if missing:
         lines += ["", "Not in the table:", *(f"- **{f['model']}**: {f['status']}" for f in missing)]
     lines += ["", "## Reproduce each row", ""]
-    lines += [f"- {f['model']}: `{f['command']}`" for f in flat if f["command"]]
-    tuned = [r for r in rows if r.get("tuning")]
-    if tuned:
-        lines += ["", "## Tuning (validation Recall@20, on a copy of the data without test)", ""]
-        for r in tuned:
-            lines += [
-                f"- {r['model']}: "
-                + "; ".join(
-                    f"`{json.dumps(t['options'])}` {t['valid_recall@20']:.4f}" for t in r["tuning"]
-                )
-            ]
+    lines += [
+        f"- {f['model']}: `{f['command']}` (chosen by `{f['tune_command']}`)"
+        for f in flat
+        if f["command"]
+    ]
     lines += [
         "",
         "![validation curves](curves.png)",
@@ -366,10 +364,13 @@ def save_figure(fig, target: Path) -> None:
     atomic_write(target, lambda p: fig.savefig(p, format="png", dpi=120, bbox_inches="tight"))
 
 
-def plot_curves(rows: list[dict], target: Path) -> None:
-    """Validation Recall@20 against epoch and against wall-clock seconds (training + validation)."""
+def plot_curves(rows: list[dict], target: Path, floor: float) -> None:
+    """Validation Recall@20 against epoch and against wall-clock seconds (training + validation),
+    with MostPop's as the floor."""
     fig = Figure(figsize=(12, 4.5))
     by_epoch, by_time = fig.subplots(1, 2)
+    for ax in (by_epoch, by_time):
+        ax.axhline(floor, linestyle=":", color="0.4", label="MostPop (floor)")
     for i, row in enumerate(rows):
         color = f"C{i}"
         epochs = RunDir(row["run_dir"]).read_metrics()

@@ -58,6 +58,23 @@ def emit(obj: dict, as_json: bool) -> None:
     show(obj)
 
 
+def threads_option():
+    return typer.Option(
+        None,
+        "--threads",
+        help="threads to compute with [the cores this process may use, less those other "
+        "processes keep busy, re-checked every epoch]",
+    )
+
+
+def use_threads(threads: int | None) -> None:
+    if threads is not None and threads < 1:
+        raise ConfigError(f"--threads must be ≥ 1, got {threads}")
+    from recsys.threads import use_threads as apply
+
+    apply(threads)
+
+
 def parse_ks(text: str) -> tuple[int, ...]:
     try:
         ks = tuple(int(k) for k in text.split(","))
@@ -183,9 +200,11 @@ def train(
     resume: bool = typer.Option(False, "--resume", help="continue the interrupted run in --out"),
     overwrite: bool = typer.Option(False, "--overwrite", help="replace an existing run in --out"),
     progress: bool = typer.Option(True, help="progress bar on stderr"),
+    threads: int | None = threads_option(),
     as_json: bool = typer.Option(False, "--json"),
 ):
     """Train a model; model hyperparameters (see 'recsys models') are passed as --name value."""
+    use_threads(threads)
     given = dict(
         epochs=epochs,
         batch_size=batch_size,
@@ -205,6 +224,61 @@ def train(
     emit(summary, as_json)
 
 
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+@user_errors
+def tune(
+    ctx: typer.Context,
+    dataset: Path = typer.Argument(..., help="dataset folder with a validation split"),
+    model: str = typer.Option(..., help=f"one of: {', '.join(MODELS)}"),
+    out: Path = typer.Option(..., "--out", help="tuning folder (study, trials, best.toml)"),
+    budget_minutes: float = typer.Option(15.0, help="wall-clock minutes for the whole search"),
+    trials: int | None = typer.Option(None, help="stop after this many trials (all processes)"),
+    storage: str | None = typer.Option(
+        None, help="Optuna database URL shared by several workers [sqlite in --out]"
+    ),
+    seed: int = typer.Option(0, help="seed of the sampler and of every trial"),
+    overwrite: bool = typer.Option(False, "--overwrite", help="replace a tuning folder in --out"),
+    threads: int | None = threads_option(),
+    as_json: bool = typer.Option(False, "--json"),
+):
+    """Search a model's hyperparameters on validation (Optuna TPE, median pruning); test once.
+
+    Extra --name value options are fixed for every trial (e.g. --device cpu --epochs 100).
+    """
+    from recsys import tune as tuning  # optuna's import is only paid by this command
+
+    if budget_minutes <= 0:
+        raise ConfigError(f"--budget-minutes must be > 0, got {budget_minutes}")
+    if trials is not None and trials < 1:
+        raise ConfigError(f"--trials must be ≥ 1, got {trials}")
+    use_threads(threads)
+    typer.echo(tuning.TABLE_HEADER, err=True)
+    summary = tuning.tune(
+        dataset, out, model, budget_minutes, trials, storage, extra_options(ctx.args), seed,
+        overwrite, table=tuning.print_table_row,
+    )  # fmt: skip
+    if as_json:
+        emit(summary, True)
+        return
+    best = summary["best"]
+    typer.echo(f"{model}: {summary['trials']} in {summary['seconds'] / 60:.1f} min")
+    if best is None:
+        typer.echo("no trial finished: raise --budget-minutes")
+        return
+    typer.echo(f"best trial {best['trial']}: {best['options']}")
+    typer.echo(
+        f"valid recall@20 {best['valid']['recall@20']:.4f}  ndcg@20 {best['valid']['ndcg@20']:.4f}"
+    )
+    if best["test"]:
+        typer.echo(
+            f"test  recall@20 {best['test']['recall@20']:.4f}  ndcg@20 {best['test']['ndcg@20']:.4f}"
+        )
+    typer.echo(
+        f"setting: {best['config']}  (recsys train DATA --out RUN --config {best['config']})"
+    )
+    typer.echo(f"weights: {best['run_dir']}")
+
+
 @app.command()
 @user_errors
 def evaluate(
@@ -220,9 +294,11 @@ def evaluate(
     data: Path | None = typer.Option(
         None, help="dataset folder (default: the one the run was trained on)"
     ),
+    threads: int | None = threads_option(),
     as_json: bool = typer.Option(False, "--json"),
 ):
     """Full-ranking Recall, NDCG, Precision, HitRate, MRR @K and coverage; training items excluded."""
+    use_threads(threads)
     result = api.evaluate_run(run, split, parse_ks(k), by_degree, exclude_valid, data)
     if as_json:
         emit(result, True)
@@ -254,8 +330,10 @@ def recommend(
         "--explain",
         help="per item, the user's top intents and their share of the score (dccf)",
     ),
+    threads: int | None = threads_option(),
 ):
     """Top-K unseen items for users given by raw id."""
+    use_threads(threads)
     ids = list(user or [])
     if users_file is not None:
         if not users_file.is_file():
@@ -322,8 +400,10 @@ def demo(
     ),
     model: str = typer.Option("lightgcn", help="model to train"),
     epochs: int = typer.Option(30, help="maximum epochs"),
+    threads: int | None = threads_option(),
 ):
     """The quick start: prepare data/sample.csv, train, evaluate on test, recommend for 5 users."""
+    use_threads(threads)
     if not SAMPLE_LOG.is_file():
         raise ConfigError(
             f"{SAMPLE_LOG}: the bundled sample is missing; make it with 'recsys data synth --out {SAMPLE_LOG}'"
@@ -377,21 +457,22 @@ def benchmark(
     models: str = typer.Option(
         "mostpop,als,bpr,mf,lightgcn,lightgcl,dccf", help="comma-separated model names"
     ),
-    budget_minutes: float = typer.Option(
-        60.0, help="training minutes shared by the gradient-trained models"
-    ),
+    budget_minutes: float = typer.Option(60.0, help="tuning minutes for all models together"),
     out: Path = typer.Option(Path("results/benchmark"), "--out", help="results folder"),
     seed: int = typer.Option(0, help="seed of every run"),
+    threads: int | None = threads_option(),
 ):
-    """Tune, train and test several models; write results.md/.csv, PNG plots and run manifests."""
+    """Tune each model on validation within a shared budget, test the chosen setting once;
+    write results.md/.csv, PNG plots and run manifests."""
     # Imported here: matplotlib's import would slow every other command's start.
     from recsys.benchmark import run_benchmark
 
-    rows = run_benchmark(
-        data, out, [m.strip() for m in models.split(",") if m.strip()], budget_minutes, seed=seed
-    )
+    if threads is not None and threads < 1:
+        raise ConfigError(f"--threads must be ≥ 1, got {threads}")
+    names = [m.strip() for m in models.split(",") if m.strip()]
+    rows = run_benchmark(data, out, names, budget_minutes, seed=seed, threads=threads)
     for row in rows:
-        test = row.get("summary", {}).get("test", {})
+        test = row.get("summary", {}).get("test") or {}
         typer.echo(
             f"{row['model']:>9}  "
             + (
@@ -399,6 +480,7 @@ def benchmark(
                 if test
                 else row["status"]
             )
+            + (f"  ⚠ {row['flag']}" if row.get("flag") else "")
         )
     typer.echo(f"results in {out / 'results.md'}")
 

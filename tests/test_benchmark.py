@@ -1,6 +1,7 @@
 import csv
 import json
 import shlex
+from pathlib import Path
 
 import matplotlib.image
 import pytest
@@ -8,6 +9,7 @@ from typer.testing import CliRunner
 
 from recsys import api
 from recsys.cli import app
+from recsys.data.dataset import Dataset
 from recsys.models import MODELS
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -18,15 +20,16 @@ METRICS = [f"{m}@{k}" for m in ("recall", "ndcg", "precision", "hit") for k in (
 
 @pytest.fixture(scope="module")
 def results(tmp_path_factory):
-    """`recsys benchmark` on a tiny synthetic log (prepared first) with a few seconds of budget,
-    including a registered model whose file does not exist (as while it is being written)."""
+    """`recsys benchmark` on a tiny synthetic log (prepared first) with seconds of budget and
+    one thread, including a registered model whose file does not exist (as while it is being
+    written)."""
     root = tmp_path_factory.mktemp("bench")
     api.synth(root / "log.csv", n_users=200, n_items=80, n_intents=4, seed=2)
     MODELS["ghost"] = "recsys.models.ghost:Ghost"
     try:
         args = ["benchmark", "--data", str(root / "log.csv"), "--models", "mostpop,als,mf,ghost"]
         result = CliRunner().invoke(
-            app, [*args, "--budget-minutes", "0.02", "--out", str(root / "out")]
+            app, [*args, "--budget-minutes", "0.4", "--threads", "1", "--out", str(root / "out")]
         )
     finally:
         del MODELS["ghost"]
@@ -46,50 +49,75 @@ def test_files_exist_and_unavailable_model_is_reported_not_fatal(results):
     ):
         assert (out / name).is_file(), name
     for model in ("mostpop", "als", "mf"):
-        manifest = json.loads((out / "runs" / model / "manifest.json").read_text())
+        best = json.loads((out / "tune" / model / "tune.json").read_text())["best"]
+        manifest = json.loads((Path(best["run_dir"]) / "manifest.json").read_text())
         assert (
             manifest["dataset"]["fingerprint"]
             == json.loads((out / "data" / "dataset.json").read_text())["fingerprint"]
         )
         assert manifest["seed"] == 0 and manifest["device"] == "cpu"
-        assert {"torch", "implicit", "numpy", "recsys"} <= manifest["versions"].keys()
+        assert {"torch", "implicit", "numpy", "recsys", "optuna"} <= manifest["versions"].keys()
     assert "ghost" in output and "not available" in output
     assert "**ghost**: unavailable" in (out / "results.md").read_text()
 
 
-def test_table_numbers_equal_the_run_directories_metrics(results):
+def test_table_numbers_are_the_chosen_trials_and_say_how_they_were_chosen(results):
     out, _ = results
     rows = {r["model"]: r for r in csv.DictReader(open(out / "results.csv"))}
     assert rows["ghost"]["status"].startswith("unavailable") and rows["ghost"]["recall@20"] == ""
     markdown = (out / "results.md").read_text()
     for model in ("mostpop", "als", "mf"):
-        summary = json.loads((out / "runs" / model / "metrics.json").read_text())
-        row = rows[model]
+        study = json.loads((out / "tune" / model / "tune.json").read_text())
+        best, row = study["best"], rows[model]
         assert row["status"] == "ok"
         for metric in METRICS:
-            assert float(row[metric]) == summary["test"][metric], (model, metric)
-        assert float(row["peak_rss_mib"]) == summary["peak_rss_mib"]
-        assert float(row["train_seconds"]) == summary["train_seconds"]
+            assert float(row[metric]) == best["test"][metric], (model, metric)
+        assert float(row["valid_recall@20"]) == best["valid"]["recall@20"]
+        completed = [r["value"] for r in study["rows"] if r["state"] == "complete"]
+        assert best["valid"]["recall@20"] == max(completed)
+        assert json.loads(row["options"]) == best["options"]
         assert (
-            f"| {model} | {summary['test']['recall@10']:.4f} | {summary['test']['recall@20']:.4f} |"
+            f"| {model} | {best['test']['recall@10']:.4f} | {best['test']['recall@20']:.4f} |"
             in markdown
         )
-        # the printed command names the run directory it made
+        # the printed command retrains the chosen setting from its TOML
         command = shlex.split(row["command"])
-        assert command[:2] == ["recsys", "train"] and command[command.index("--out") + 1] == str(
-            out / "runs" / model
-        )
-    assert (
-        "--max-minutes" in rows["mf"]["command"] and "--max-minutes" not in rows["als"]["command"]
+        assert command[:2] == ["recsys", "train"] and command[-1] == best["config"]
+        assert shlex.split(row["tune_command"])[:2] == ["recsys", "tune"]
+    assert rows["mostpop"]["chosen_by"] == "defaults (nothing to tune)"
+    assert rows["mf"]["chosen_by"].startswith("TPE, ") and rows["als"]["chosen_by"].startswith(
+        "TPE, "
     )
 
 
-def test_als_is_tuned_on_validation_without_the_test_split(results):
+def test_threads_reach_the_subprocesses(results):
     out, _ = results
-    tuning = json.loads((out / "tune-data" / "dataset.json").read_text())
-    assert set(tuning["splits"]) == {"train", "valid"}
-    assert len(list((out / "tune" / "als").iterdir())) == 4
-    assert "## Tuning" in (out / "results.md").read_text()
+    rows = {r["model"]: r for r in csv.DictReader(open(out / "results.csv"))}
+    assert "--threads 1" in rows["mf"]["tune_command"]
+    trials = list((out / "tune" / "mf" / "trials").iterdir())
+    assert trials
+    for trial in trials:
+        epochs = [json.loads(line) for line in (trial / "metrics.jsonl").read_text().splitlines()]
+        assert epochs and {e["threads"] for e in epochs} == {1}
+
+
+def test_floor_is_mostpops_validation_and_a_model_below_it_is_flagged(
+    results, monkeypatch, tmp_path
+):
+    from recsys import benchmark
+
+    out, _ = results
+    rows = {r["model"]: r for r in csv.DictReader(open(out / "results.csv"))}
+    floor = benchmark.mostpop_valid_recall(Dataset.load(out / "data"))
+    assert floor == float(rows["mostpop"]["valid_recall@20"]) and not rows["mf"]["flag"]
+    # a floor no model can clear: every row but MostPop's is flagged, in the table and the CSV
+    monkeypatch.setattr(benchmark, "mostpop_valid_recall", lambda ds: 1.0)
+    flagged = benchmark.run_benchmark(out / "data", tmp_path / "b", ["mostpop", "als"], 0.1)
+    assert [r.get("flag", "") for r in flagged] == [
+        "",
+        "validation Recall@20 never above MostPop's 1.0000",
+    ]
+    assert "| als ⚠ |" in (tmp_path / "b" / "results.md").read_text()
 
 
 @pytest.mark.parametrize("name", ["curves.png", "by_degree.png", "popularity.png"])

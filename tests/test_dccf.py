@@ -1,4 +1,5 @@
-"""DCCF: masks, learned adjacencies, intent aggregation, InfoNCE, planted intents, determinism."""
+"""DCCF: masks, learned adjacencies, intent aggregation, planted intents, determinism (its
+InfoNCE is recsys.models.contrast, tested in test_contrast.py)."""
 
 from __future__ import annotations
 
@@ -15,7 +16,6 @@ from recsys.models.dccf import (
     DCCF,
     DCCFParams,
     edge_mask,
-    info_nce,
     intent_aggregate,
     learned_hop,
 )
@@ -121,37 +121,6 @@ def test_intent_aggregation_equals_dense_reference():
     expected = np.stack([sum(p[n, k] * np.asarray(c)[:, k] for k in range(3)) for n in range(6)])
     np.testing.assert_allclose(weights.numpy(), p, rtol=1e-12)
     np.testing.assert_allclose(out.numpy(), expected, rtol=1e-12)
-
-
-def naive_info_nce(anchor, views, temperature):
-    total = 0.0
-    for view in views:
-        for n in range(anchor.shape[0]):
-            scores = torch.stack(
-                [anchor[n] @ view[m] / temperature for m in range(anchor.shape[0])]
-            )
-            total = (
-                total - torch.log(torch.exp(scores[n]) / torch.exp(scores).sum()) / anchor.shape[0]
-            )
-    return total
-
-
-@pytest.mark.parametrize("block", [1 << 23, 5])
-def test_info_nce_matches_naive_including_gradient(monkeypatch, block):
-    monkeypatch.setattr("recsys.models.dccf.SCORE_BLOCK", block)  # 5 entries: one row per block
-    gen = torch.Generator().manual_seed(1)
-    raw_a, raw_v = (
-        torch.randn(7, 5, generator=gen, dtype=torch.float64),
-        torch.randn(3, 7, 5, generator=gen, dtype=torch.float64),
-    )
-    grads = []
-    for fn in (info_nce, naive_info_nce):
-        a, v = raw_a.clone().requires_grad_(), raw_v.clone().requires_grad_()
-        loss = fn(F.normalize(a, dim=1), F.normalize(v, dim=2), 0.5)
-        (2.0 * loss).backward()
-        grads.append((loss.detach(), a.grad, v.grad))
-    for got, want in zip(*grads):
-        torch.testing.assert_close(got, want)
 
 
 def normalized_mutual_information(a: np.ndarray, b: np.ndarray) -> float:

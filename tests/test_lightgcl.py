@@ -9,8 +9,7 @@ from recsys.data.dataset import Dataset
 from recsys.errors import ConfigError
 from recsys.evaluate import evaluate
 from recsys.graph import normalized_adjacency
-from recsys.models import lightgcl
-from recsys.models.lightgcl import LightGCL, LightGCLParams, anchor_weights, info_nce
+from recsys.models.lightgcl import LightGCL, LightGCLParams
 from recsys.train.config import resolve_config
 from recsys.train.loop import build_model
 from recsys.train.rundir import RunDir
@@ -62,42 +61,33 @@ def naive_info_nce(svd_view, main_view, nodes, temperature, cands=None):
     return (torch.logsumexp(logits, 1) - positive).mean()
 
 
-@pytest.mark.parametrize(
-    "nodes, cands",
-    [
-        ([0, 3, 5, 7], None),  # distinct anchors, exact (all nodes)
-        ([2, 2, 2, 9, 4, 9, 0], None),  # repeated anchors count with their multiplicity
-        ([2, 2, 2, 9, 4, 9, 0], "batch"),  # in-batch negatives
-        ([1, 1, 6], [3, 3, 8, 0, 11]),  # sampled negatives, drawn with repeats
-    ],
-)
-@pytest.mark.parametrize("block_elements", [7, 1 << 24])  # many blocks of anchor rows, or one
-def test_info_nce_matches_naive_dense_values_and_gradients(
-    monkeypatch, nodes, cands, block_elements
-):
-    monkeypatch.setattr(lightgcl, "BLOCK_ELEMENTS", block_elements)
+@pytest.mark.parametrize("negatives", ["all", "batch", "sampled"])
+def test_contrast_is_the_naive_mean_info_nce_over_batch_entries(negatives):
+    # The model's side of recsys.models.contrast (tested there): cosine rows, distinct
+    # anchors weighted by multiplicity, and the candidates of each mode.
+    model, _ = tiny_model(negatives=negatives, num_negatives=5)
     gen = torch.Generator().manual_seed(3)
-    svd_view = torch.randn(12, 5, generator=gen, dtype=torch.float64)
-    main_view = torch.randn(12, 5, generator=gen, dtype=torch.float64)
-    nodes = torch.tensor(nodes)
-    cands = (
-        torch.unique(nodes) if cands == "batch" else None if cands is None else torch.tensor(cands)
-    )
-    anchors, inverse, weights = anchor_weights(nodes)
-    torch.testing.assert_close(anchors[inverse], nodes)
-
-    def deduplicated(s, m):
-        negatives = m if cands is None else m[cands]
-        return info_nce(s[anchors], m[anchors], weights.double(), negatives, 0.3)
-
-    grads = []
-    for fn in (deduplicated, lambda s, m: naive_info_nce(s, m, nodes, 0.3, cands)):
-        s, m = svd_view.clone().requires_grad_(), main_view.clone().requires_grad_()
-        value = fn(s, m)
-        value.backward()
-        grads.append((value.detach(), s.grad, m.grad))
-    for got, want in zip(*grads):
-        torch.testing.assert_close(got, want)
+    main, ego = (torch.randn(7, 4, generator=gen, dtype=torch.float64) for _ in range(2))
+    factor = torch.randn(7, 2, generator=gen, dtype=torch.float64)
+    projection = torch.randn(2, 4, generator=gen, dtype=torch.float64)
+    nodes = torch.tensor([2, 2, 2, 6, 4, 6, 0])
+    state = model.generator.get_state()
+    leaves = [x.clone().requires_grad_() for x in (main, ego)]
+    loss, rows = model.contrast(leaves[0], leaves[1], factor, projection, nodes)
+    loss.backward()
+    model.generator.set_state(state)
+    cands = {
+        "all": None,
+        "batch": torch.unique(nodes),
+        "sampled": torch.randint(0, 7, (5,), generator=model.generator),
+    }[negatives]
+    want = [x.clone().requires_grad_() for x in (main, ego)]
+    naive = naive_info_nce(want[1] + factor @ projection, want[0], nodes, 0.2, cands)
+    naive.backward()
+    torch.testing.assert_close(rows, leaves[0][nodes])
+    torch.testing.assert_close(loss, naive)
+    for got, expected in zip(leaves, want):
+        torch.testing.assert_close(got.grad, expected.grad)
 
 
 def test_svd_factors_stay_out_of_checkpoints_and_are_recomputed_identically():

@@ -5,7 +5,7 @@ from __future__ import annotations
 import importlib
 
 from recsys.errors import ConfigError
-from recsys.models.base import Batch, Recommender
+from recsys.models.base import Batch, Recommender, Search
 
 MODELS = {
     "mostpop": "recsys.models.baselines:MostPop",
@@ -41,4 +41,4 @@ def available_models() -> list[str]:
     return names
 
 
-__all__ = ["Batch", "MODELS", "Recommender", "available_models", "model_class"]
+__all__ = ["Batch", "MODELS", "Recommender", "Search", "available_models", "model_class"]

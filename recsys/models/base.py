@@ -22,6 +22,20 @@ from torch import nn
 from recsys.graph import Graph
 
 
+@dataclass(frozen=True)
+class Search:
+    """One option's range for `recsys tune`: [low, high] (log-uniform with `log`), or `choices`.
+
+    Integer or float draws follow the option's own type; keys are the flat option names
+    (a model's Params fields and training options such as `lr`).
+    """
+
+    low: float | None = None
+    high: float | None = None
+    log: bool = False
+    choices: tuple = ()
+
+
 @dataclass
 class Batch:
     """BPR triples on the training device: (B,) int64 each."""
@@ -56,6 +70,8 @@ class Recommender(nn.Module):
     Params: ClassVar[type]
     #: training options this model prefers over the loop's defaults (e.g. a paper's batch size)
     train_defaults: ClassVar[dict[str, Any]] = {}
+    #: what `recsys tune` searches, declared beside the defaults it starts from
+    search_space: ClassVar[dict[str, Search]] = {}
     trainable: ClassVar[bool] = True
 
     def __init__(

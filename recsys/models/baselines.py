@@ -34,7 +34,7 @@ import scipy.sparse as sp
 import torch
 from threadpoolctl import threadpool_limits
 
-from recsys.models.base import Recommender
+from recsys.models.base import Recommender, Search
 
 
 @dataclass
@@ -114,6 +114,11 @@ class ALSParams:
 class ALS(ImplicitFactors):
     name = "als"
     Params = ALSParams
+    search_space = {
+        "dim": Search(choices=(32, 64, 128, 256)),
+        "reg": Search(1e-3, 1.0, log=True),
+        "alpha": Search(1.0, 100.0, log=True),
+    }
 
     def implicit_model(self, seed: int):
         p = self.params
@@ -148,6 +153,11 @@ class BPRParams:
 class ImplicitBPR(ImplicitFactors):
     name = "bpr"
     Params = BPRParams
+    search_space = {
+        "dim": Search(choices=(64, 128)),
+        "learning_rate": Search(1e-3, 0.1, log=True),
+        "reg": Search(1e-5, 0.1, log=True),
+    }
     extra_columns = 1
 
     def implicit_model(self, seed: int):

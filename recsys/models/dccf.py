@@ -29,7 +29,9 @@ masks are learned end to end, as the paper's "learnable augmentation" and its re
 do); its backward is written out on edges (see _LearnedHop).
 
 Ego embeddings and prototypes start Xavier-normal, as the reference code (see reset_parameters).
-Departure: InfoNCE is the exact log-sum-exp form without the reference code's +1e-8 guards.
+Departure: InfoNCE is the exact log-sum-exp form without the reference code's +1e-8 guards;
+it is recsys.models.contrast.info_nce (blocked, gradient in the same pass) with the views as
+their own candidates and weight 1/n per distinct node.
 """
 
 from __future__ import annotations
@@ -41,15 +43,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from recsys.graph import Graph, propagate
-from recsys.models.base import Batch, EmbeddingRecommender, bpr_loss
-
-# InfoNCE score entries held at once. On CPU 16 MiB of float32: the exp and the two GEMMs that
-# read a block back then find it in cache. One yelp-sized InfoNCE (n = 8000, 3 views, forward
-# and backward), 2 threads: 227 ms with 2^22 entries, 236 ms with 2^21, 228 ms with 2^23,
-# 325 ms with 2^24 (1 thread: 378 / 379 / 414 / 714 ms).
-# On CUDA, larger blocks keep the kernel launches few (32 MiB: the size measured on the H200).
-SCORE_BLOCK = 1 << 22
-CUDA_SCORE_BLOCK = 1 << 23
+from recsys.models.base import Batch, EmbeddingRecommender, Search, bpr_loss, l2_penalty
+from recsys.models.contrast import info_nce
 
 
 @dataclass
@@ -61,9 +56,9 @@ class DCCFParams:
         metadata={"help": "intent prototypes K per side", "aliases": ("n_intents",), "min": 1},
     )
     reg: float = field(
-        default=2.5e-5,
+        default=4.0,
         metadata={
-            "help": "λ₂ on ‖E⁽⁰⁾_batch‖² (a sum, as the paper)",
+            "help": "λ₂ on ½‖E⁽⁰⁾_batch‖² / batch size (LightGCN's form; the paper's is a sum)",
             "aliases": ("emb_reg",),
             "min": 0,
         },
@@ -73,11 +68,11 @@ class DCCFParams:
         metadata={"help": "λ₃ on ‖C_u‖² + ‖C_i‖²", "aliases": ("cen_reg",), "min": 0},
     )
     ssl_weight: float = field(
-        default=0.1,
+        default=0.01,
         metadata={"help": "λ₁ on the InfoNCE terms", "aliases": ("ssl_reg",), "min": 0},
     )
     temperature: float = field(
-        default=1.0, metadata={"help": "InfoNCE temperature τ", "aliases": ("temp",), "above": 0}
+        default=0.2, metadata={"help": "InfoNCE temperature τ", "aliases": ("temp",), "above": 0}
     )
 
 
@@ -205,61 +200,16 @@ def learned_hop(
     return _LearnedHop.apply(h_users, h_items, users, items, graph)
 
 
-class _InfoNCE(torch.autograd.Function):
-    """Σ_v mean_n [logsumexp_m(a_n·b_vm/τ) - a_n·b_vn/τ] for anchors a (n, d), views b (V, n, d).
-
-    Scores are built one row block at a time (≤ SCORE_BLOCK entries) and the gradient is formed
-    in the same pass from softmax - identity, so no n² tensor outlives its block. Each block
-    costs three GEMMs, one exp and one row sum over the scores; the 1/τ scale and the shift
-    ride in an extra GEMM column, and the softmax division is applied to (b, d) results.
-    Measured per yelp block (b = 166, n = 8400, 2 threads): the scores as one GEMM against
-    the V views stacked (b × Vn), 1.0 ms against 1.25 ms batched; reading them back, batched
-    over views on a strided view of the block, with d output columns (1.14 ms) rather than
-    d + 1 with a column of ones for the row sums (1.63 ms); the row sums on the contiguous
-    block (0.31 ms, strided 0.41 ms). Writing every block into one buffer made the whole
-    InfoNCE 1.36× faster: a fresh 16 MiB block per iteration is fresh pages to fault in.
-    """
-
-    @staticmethod
-    def forward(ctx, anchor, views, temperature):
-        n_views, n, dim = views.shape
-        # Unit vectors: every score is ≤ 1/τ, so exp(s - 1/τ) cannot overflow (no max pass)
-        # and for τ ≥ 0.025 the positive term cannot underflow either.
-        views_ext = torch.cat([views, views.new_ones(n_views, n, 1)], 2).view(n_views * n, dim + 1)
-        shifted = torch.cat([anchor / temperature, anchor.new_full((n, 1), -1 / temperature)], 1)
-        grad_anchor, grad_views = torch.empty_like(anchor), torch.zeros_like(views)
-        total = n_views * n / temperature - (anchor * views).sum() / temperature
-        block = SCORE_BLOCK if anchor.device.type == "cpu" else CUDA_SCORE_BLOCK
-        rows = min(n, max(1, block // (n_views * n)))
-        buffer = anchor.new_empty(rows, n_views * n)
-        for start in range(0, n, rows):
-            stop = min(start + rows, n)
-            scores = torch.mm(shifted[start:stop], views_ext.T, out=buffer[: stop - start]).exp_()
-            by_row = scores.view(stop - start, n_views, n)
-            probs = by_row.transpose(0, 1)  # (V, b, n), strided
-            norm = by_row.sum(2).T[:, :, None]  # (V, b, 1)
-            total = total + norm.log().sum()
-            grad_anchor[start:stop] = (torch.bmm(probs, views) / norm).sum(0)
-            grad_views.baddbmm_(probs.transpose(1, 2), anchor[start:stop] / norm)
-        scale = 1 / (n * temperature)
-        ctx.save_for_backward((grad_anchor - views.sum(0)) * scale, (grad_views - anchor) * scale)
-        return total / n
-
-    @staticmethod
-    def backward(ctx, grad_out):
-        grad_anchor, grad_views = ctx.saved_tensors
-        return grad_out * grad_anchor, grad_out * grad_views, None
-
-
-def info_nce(anchor: torch.Tensor, views: torch.Tensor, temperature: float) -> torch.Tensor:
-    """[ssl] summed over views: anchor (n, d) and views (V, n, d), both already L2-normalised."""
-    return _InfoNCE.apply(anchor, views, temperature)
-
-
 class DCCF(EmbeddingRecommender):
     name = "dccf"
     Params = DCCFParams
-    train_defaults = {"batch_size": 10240, "lr": 1e-3}
+    train_defaults = {"batch_size": 4096, "lr": 1e-3}
+    search_space = {
+        "lr": Search(1e-3, 1e-2, log=True),
+        "reg": Search(0.1, 30.0, log=True),
+        "ssl_weight": Search(1e-3, 0.3, log=True),
+        "temperature": Search(0.1, 1.0, log=True),
+    }
 
     def reset_parameters(self, generator: torch.Generator) -> None:
         """Xavier-normal for E⁽⁰⁾ and C, as the reference code. Each layer adds four views to
@@ -304,11 +254,11 @@ class DCCF(EmbeddingRecommender):
                 rows = [layer[v][side].index_select(0, idx) for v in "zrhp"]  # see Batch.rows
                 anchor = F.normalize(rows[0], dim=1)
                 views = F.normalize(torch.stack(rows[1:]), dim=2)
-                ssl = ssl + info_nce(anchor, views, self.params.temperature)
+                ssl = ssl + info_nce(anchor, views, views, self.params.temperature)
         return {
             "bpr": bpr_loss(u, p, n),
             "ssl": self.params.ssl_weight * ssl,
-            "reg": self.params.reg * sum(e.pow(2).sum() for e in ego),
+            "reg": self.params.reg * l2_penalty(*ego),
             "prototype_reg": self.params.prototype_reg
             * (self.user_intents.pow(2).sum() + self.item_intents.pow(2).sum()),
         }

@@ -21,8 +21,9 @@ p(·) rate → `dropout`; d → `dim`.
 The two InfoNCE modes (`negatives`):
 - "all" (the paper's loss, exact): each distinct anchor is scored once with weight
   count/total, and the log-sum-exp runs over bounded blocks of anchor rows, each against
-  all candidates; the block's gradient is formed in the same pass (`_WeightedLogSumExp`),
-  so each score costs three matmuls and one exp, and no score matrix outlives its block.
+  all candidates; the block's gradient is formed in the same pass (recsys.models.contrast,
+  shared with DCCF), so each score costs three matmuls and one exp, and no score matrix
+  outlives its block.
 - "batch" / "sampled" (approximations, for speed): N is the batch's distinct nodes (each
   anchor's own among them), or `num_negatives` nodes drawn uniformly per step, shared by
   all anchors (a sampled-softmax estimate of the sum, up to the constant log(|N_all|/M)).
@@ -45,11 +46,8 @@ import torch.nn.functional as F
 
 from recsys.errors import ConfigError
 from recsys.graph import drop_edges, propagate, truncated_svd
-from recsys.models.base import Batch, EmbeddingRecommender, bpr_loss
-
-# Rows × candidates per block of the exact log-sum-exp (floats): large enough for efficient
-# matmuls, small enough (64 MiB) to keep the step's memory bounded on any dataset.
-BLOCK_ELEMENTS = 1 << 24
+from recsys.models.base import Batch, EmbeddingRecommender, Search, bpr_loss
+from recsys.models.contrast import anchor_weights, info_nce
 
 
 @dataclass
@@ -77,89 +75,17 @@ class LightGCLParams:
     )
 
 
-class _WeightedLogSumExp(torch.autograd.Function):
-    """Σ_a w_a log Σ_n exp(anchors_a · cands_n / τ) for unit-norm rows, in blocks of anchor rows.
-
-    Two tricks bring each block down to the floor of three matmuls and one exp per score:
-    - The scalar loss ends the graph, so each block's gradient is formed right after its
-      softmax P = w ⊙ softmax: ∂/∂anchors = P cands / τ, ∂/∂cands = Pᵀ anchors / τ. Scores
-      are never kept nor recomputed in backward.
-    - With unit rows every logit is ≤ 1/τ, so 1/τ is a safe shift (no row max pass), and a
-      column of ones appended to cands makes the matmuls carry it: [a/τ, -1/τ]·[c, 1] is the
-      shifted logit, and exp(·) @ [c, 1] yields the row sums Σ_n exp(·) beside P cands.
-      exp(-2/τ) stays a normal float32 for τ ≥ 0.025, so no row can underflow to 0.
-    """
-
-    @staticmethod
-    def forward(ctx, anchors, cands, weights, temperature: float):
-        need_grad = ctx.needs_input_grad[0] or ctx.needs_input_grad[1]
-        cands_1 = torch.cat([cands, cands.new_ones(cands.shape[0], 1)], 1)
-        anchors_1 = torch.cat(
-            [anchors / temperature, anchors.new_full((anchors.shape[0], 1), -1 / temperature)], 1
-        )
-        rows = max(1, BLOCK_ELEMENTS // max(1, cands.shape[0]))
-        total = anchors.new_zeros(())
-        grad_anchors = torch.empty_like(anchors) if need_grad else None
-        grad_cands = torch.zeros_like(cands) if need_grad else None
-        for start in range(0, anchors.shape[0], rows):
-            a, w = anchors_1[start : start + rows], weights[start : start + rows]
-            probs = (a @ cands_1.T).exp_()
-            sums = probs @ cands_1  # [Σ_n p·c_n, Σ_n p]
-            norm = sums[:, -1]
-            total = total + (w * (norm.log() + 1 / temperature)).sum()
-            if need_grad:
-                scale = (w / norm)[:, None]
-                grad_anchors[start : start + rows] = sums[:, :-1] * (scale / temperature)
-                grad_cands.addmm_(probs.T, a[:, :-1] * scale)
-        ctx.save_for_backward(grad_anchors, grad_cands)
-        return total
-
-    @staticmethod
-    def backward(ctx, grad_out):
-        grad_anchors, grad_cands = ctx.saved_tensors
-        return grad_out * grad_anchors, grad_out * grad_cands, None, None
-
-
-def weighted_logsumexp(
-    anchors: torch.Tensor, cands: torch.Tensor, weights: torch.Tensor, temperature: float
-) -> torch.Tensor:
-    """Σ_a weights_a · log Σ_n exp(anchors_a · cands_n / temperature), a float32 scalar.
-
-    Args:
-        anchors: (A, d) float32 unit rows.  cands: (N, d) float32 unit rows.  weights: (A,) float32.
-    """
-    return _WeightedLogSumExp.apply(anchors, cands, weights, temperature)
-
-
-def anchor_weights(nodes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Distinct anchors (A,), each entry's position among them (B,), and weights count/B (A,)."""
-    anchors, inverse, counts = torch.unique(nodes, return_inverse=True, return_counts=True)
-    return anchors, inverse, counts.float() / nodes.numel()
-
-
-def info_nce(
-    svd_rows: torch.Tensor,
-    main_rows: torch.Tensor,
-    weights: torch.Tensor,
-    negatives: torch.Tensor,
-    temperature: float,
-) -> torch.Tensor:
-    """Σ_a w_a [-s(g_a, e_a)/τ + log Σ_n exp(s(g_a, e_n)/τ)], s the cosine, a float32 scalar.
-
-    Args:
-        svd_rows, main_rows: (A, d) float32 g_a and e_a of the distinct anchors.
-        weights: (A,) float32 anchor weights w_a (count / batch size).
-        negatives: (N, d) float32 main-view e_n of the candidates.
-    """
-    g = F.normalize(svd_rows, dim=1)
-    positive = (weights * (g * F.normalize(main_rows, dim=1)).sum(1)).sum() / temperature
-    return weighted_logsumexp(g, F.normalize(negatives, dim=1), weights, temperature) - positive
-
-
 class LightGCL(EmbeddingRecommender):
     name = "lightgcl"
     Params = LightGCLParams
     train_defaults = {"batch_size": 4096, "lr": 1e-3}
+    search_space = {
+        "lr": Search(1e-3, 1e-2, log=True),
+        "cl_weight": Search(1e-3, 0.5, log=True),
+        "temperature": Search(0.1, 1.0, log=True),
+        "weight_decay": Search(1e-8, 1e-4, log=True),
+        "layers": Search(1, 3),
+    }
 
     def __init__(self, n_users, n_items, params, graph, generator):
         super().__init__(n_users, n_items, params, graph, generator)
@@ -220,10 +146,10 @@ class LightGCL(EmbeddingRecommender):
                 0, main.shape[0], (self.params.num_negatives,), generator=self.generator
             )
             negatives = main[drawn.to(main.device)]
-        g = self.svd_view(ego, factor, projection, anchors)
-        return info_nce(g, main_rows, weights, negatives, self.params.temperature), main_rows[
-            inverse
-        ]
+        g = F.normalize(self.svd_view(ego, factor, projection, anchors), dim=1)
+        cands = F.normalize(negatives, dim=1)[None]
+        loss = info_nce(g, F.normalize(main_rows, dim=1), cands, self.params.temperature, weights)
+        return loss, main_rows[inverse]
 
     def loss_terms(self, batch: Batch, graph):
         p = self.params

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 import torch
 
 from recsys.graph import drop_edges, propagate
-from recsys.models.base import Batch, EmbeddingRecommender, bpr_loss, l2_penalty
+from recsys.models.base import Batch, EmbeddingRecommender, Search, bpr_loss, l2_penalty
 
 
 @dataclass
@@ -36,6 +36,11 @@ class LightGCNParams:
 class LightGCN(EmbeddingRecommender):
     name = "lightgcn"
     Params = LightGCNParams
+    search_space = {
+        "lr": Search(1e-3, 3e-2, log=True),
+        "reg": Search(1e-6, 1e-1, log=True),
+        "layers": Search(1, 4),
+    }
 
     def propagate(self, graph) -> tuple[torch.Tensor, torch.Tensor]:
         """Eq. 4: the mean of layers 0..K, for users and items."""

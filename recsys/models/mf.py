@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from recsys.models.base import Batch, EmbeddingRecommender, bpr_loss, l2_penalty
+from recsys.models.base import Batch, EmbeddingRecommender, Search, bpr_loss, l2_penalty
 
 
 @dataclass
@@ -27,6 +27,11 @@ class MFParams:
 class MF(EmbeddingRecommender):
     name = "mf"
     Params = MFParams
+    search_space = {
+        "lr": Search(1e-3, 3e-2, log=True),
+        "reg": Search(1e-6, 1e-1, log=True),
+        "dim": Search(choices=(32, 64, 128)),
+    }
 
     def final_embeddings(self, graph):
         return self.user_emb, self.item_emb

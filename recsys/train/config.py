@@ -24,7 +24,7 @@ from recsys.train.sampler import BPRSampler
 @dataclass
 class TrainParams:
     epochs: int = field(
-        default=100,
+        default=300,
         metadata={
             "help": "maximum training epochs (passes over the training interactions)",
             "min": 1,
@@ -38,12 +38,19 @@ class TrainParams:
             "a random positive each (the LightGCN/DCCF reference protocol)"
         },
     )
-    lr: float = field(default=1e-3, metadata={"help": "Adam learning rate", "above": 0})
+    lr: float = field(default=5e-3, metadata={"help": "Adam learning rate", "above": 0})
     eval_every: int = field(default=1, metadata={"help": "validate every N epochs", "min": 1})
     patience: int = field(
         default=10,
         metadata={
-            "help": "stop after N validations without improvement (0: never stop early)",
+            "help": "stop once the best validation is this many epochs old (0: never stop early)",
+            "min": 0,
+        },
+    )
+    min_epochs: int = field(
+        default=20,
+        metadata={
+            "help": "never stop early before this epoch (outlasts the warm-up dip of validation)",
             "min": 0,
         },
     )

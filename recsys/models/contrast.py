@@ -1,0 +1,166 @@
+"""The blocked InfoNCE shared by the contrastive models (LightGCL, DCCF).
+
+For unit-norm anchors a (A, d) with weights w (A,), positives p (V, A, d) and V candidate
+stacks c (V, N, d):
+
+    InfoNCE = Σ_v Σ_a w_a [ log Σ_n exp(a·c_vn / τ) - a·p_va / τ ]
+
+LightGCL: V = 1, the candidates are all users (resp. items), the batch's nodes or a sample,
+and w_a = count/B over the batch's distinct anchors (`anchor_weights`). DCCF: V = 3 views,
+the candidates are the views' own rows (p = c) and w_a = 1/A.
+
+The log-sum-exp (`weighted_logsumexp`) runs over blocks of anchor rows, each against all V·N
+candidate rows, and forms the block's gradient in the same pass: the scalar loss ends the
+graph, so with P_v = w ⊙ softmax_n, ∂/∂a = Σ_v P_v c_v / τ and ∂/∂c_v = P_vᵀ a / τ, and no
+score matrix outlives its block (nor is recomputed in backward). Per block: three GEMMs, one
+exp and one row sum over the scores. The layout, measured on a yelp DCCF block (b = 166
+anchors, V·N = 3 × 8400, d = 32, 2 threads, CPU):
+- unit rows put every logit at most 1/τ, so 1/τ is a safe shift (no row max pass); it rides
+  in an extra GEMM column, [a/τ, -1/τ]·[c, 1]. exp(-2/τ) stays a normal float32 for
+  τ ≥ 0.025, so no row sum can underflow to 0.
+- the scores of a block are one GEMM against the V stacks side by side (b × VN): 1.0 ms,
+  against 1.25 ms batched per view;
+- they are read back batched over views on a strided view of the block with d output columns
+  (1.14 ms), rather than d + 1 with a column of ones for the row sums (1.63 ms); the row sums
+  are a separate pass over the contiguous block (0.31 ms, strided 0.41 ms);
+- every block is written into one reused buffer (torch.mm(out=...)): a fresh 16 MiB block per
+  iteration is fresh pages to fault in (the whole DCCF InfoNCE 1.36× faster).
+Block sizes: see SCORE_BLOCK. The positive term is plain autograd (O(V·A·d), no scores).
+"""
+
+from __future__ import annotations
+
+import torch
+
+# Score entries held at once. On CPU 16 MiB of float32: the exp and the two GEMMs that read a
+# block back then find it in cache. One yelp-sized DCCF InfoNCE (A = N = 8000, V = 3, d = 32,
+# forward and backward), 2 threads: 227 ms with 2^22 entries, 236 ms with 2^21, 228 ms with
+# 2^23, 325 ms with 2^24 (1 thread: 378 / 379 / 414 / 714 ms). LightGCL's exact yelp call
+# (4096 anchors × 42,712 users, ~7,000 × 26,822 items, d = 64), 1 thread: see
+# benchmarks/contrast_ab.py; 2^22 measured no slower than the 2^24 it used before.
+# On CUDA, larger blocks keep the kernel launches few (32 MiB: the size measured on the H200).
+SCORE_BLOCK = 1 << 22
+CUDA_SCORE_BLOCK = 1 << 23
+
+
+def block_rows(scores_per_row: int, device: torch.device) -> int:
+    """Anchor rows per block when each row has `scores_per_row` (= V·N) scores.
+
+    Args:
+        scores_per_row: V·N, the candidate rows every anchor is scored against.
+        device: where the scores live (CUDA takes larger blocks).
+
+    Returns:
+        At least 1, at most SCORE_BLOCK (CUDA_SCORE_BLOCK) // scores_per_row.
+    """
+    block = SCORE_BLOCK if device.type == "cpu" else CUDA_SCORE_BLOCK
+    return max(1, block // max(1, scores_per_row))
+
+
+class _WeightedLogSumExp(torch.autograd.Function):
+    """Σ_v Σ_a w_a log Σ_n exp(a·c_vn / τ) for unit rows, in blocks of anchor rows (see the
+    module docstring for the layout). Weights are constants: they get no gradient."""
+
+    @staticmethod
+    def forward(ctx, anchors, cands, weights, temperature: float):
+        n_views, n_cands, dim = cands.shape
+        n_anchors = anchors.shape[0]
+        need_anchors, need_cands = ctx.needs_input_grad[:2]
+        flat = cands.reshape(n_views * n_cands, dim)
+        cands_1 = torch.cat([flat, flat.new_ones(n_views * n_cands, 1)], 1)
+        shifted = torch.cat(
+            [anchors / temperature, anchors.new_full((n_anchors, 1), -1 / temperature)], 1
+        )
+        rows = min(n_anchors, block_rows(n_views * n_cands, anchors.device))
+        buffer = anchors.new_empty(rows, n_views * n_cands)
+        log_norms = anchors.new_empty(n_views, n_anchors)
+        grad_anchors = torch.empty_like(anchors) if need_anchors else None
+        grad_cands = torch.zeros_like(cands) if need_cands else None
+        for start in range(0, n_anchors, rows):
+            stop = min(start + rows, n_anchors)
+            scores = torch.mm(shifted[start:stop], cands_1.T, out=buffer[: stop - start]).exp_()
+            by_row = scores.view(stop - start, n_views, n_cands)
+            norm = by_row.sum(2).T  # (V, b), on the contiguous block
+            log_norms[:, start:stop] = norm.log()
+            if not (need_anchors or need_cands):
+                continue
+            probs = by_row.transpose(0, 1)  # (V, b, N), strided
+            scale = (weights[start:stop] / (temperature * norm))[:, :, None]  # (V, b, 1)
+            if need_anchors:
+                torch.sum(torch.bmm(probs, cands).mul_(scale), 0, out=grad_anchors[start:stop])
+            if need_cands:
+                grad_cands.baddbmm_(probs.transpose(1, 2), anchors[start:stop] * scale)
+        ctx.save_for_backward(grad_anchors, grad_cands)
+        return (weights * (log_norms.sum(0) + n_views / temperature)).sum()
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        grad_anchors, grad_cands = ctx.saved_tensors
+        return (
+            None if grad_anchors is None else grad_out * grad_anchors,
+            None if grad_cands is None else grad_out * grad_cands,
+            None,
+            None,
+        )
+
+
+def weighted_logsumexp(
+    anchors: torch.Tensor,
+    cands: torch.Tensor,
+    temperature: float,
+    weights: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Σ_v Σ_a w_a · log Σ_n exp(anchors_a · cands_vn / temperature), a scalar.
+
+    Args:
+        anchors: (A, d) unit rows.
+        cands: (V, N, d) unit rows, V candidate stacks.
+        temperature: τ ≥ 0.025 (float32 range of exp(-2/τ)).
+        weights: (A,) constant anchor weights w_a; None for 1/A each.
+
+    Returns:
+        A 0-d tensor of anchors' dtype, differentiable in anchors and cands.
+    """
+    if weights is None:
+        weights = anchors.new_full((anchors.shape[0],), 1 / anchors.shape[0])
+    return _WeightedLogSumExp.apply(anchors, cands, weights, temperature)
+
+
+def info_nce(
+    anchors: torch.Tensor,
+    positives: torch.Tensor,
+    cands: torch.Tensor,
+    temperature: float,
+    weights: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Σ_v Σ_a w_a [log Σ_n exp(a·c_vn/τ) - a·p_va/τ] for unit rows, a scalar.
+
+    Args:
+        anchors: (A, d) unit rows a.
+        positives: (V, A, d) unit rows p_va, each anchor's positive in stack v (may be cands);
+            (A, d) when V = 1.
+        cands: (V, N, d) unit rows c_vn, the candidates of stack v.
+        temperature: τ ≥ 0.025.
+        weights: (A,) constant anchor weights w_a; None for 1/A each (the mean over anchors).
+
+    Returns:
+        A 0-d tensor, the InfoNCE summed over the V stacks.
+    """
+    if weights is None:
+        weights = anchors.new_full((anchors.shape[0],), 1 / anchors.shape[0])
+    positive = (weights * (anchors * positives).sum(-1)).sum() / temperature
+    return weighted_logsumexp(anchors, cands, temperature, weights) - positive
+
+
+def anchor_weights(nodes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """A batch's entries as distinct anchors weighted by multiplicity.
+
+    Args:
+        nodes: (B,) int64 node indices, with repeats.
+
+    Returns:
+        Distinct anchors (A,), each entry's position among them (B,), and weights count/B (A,)
+        float32: Σ_a w_a f(a) = mean_b f(nodes_b).
+    """
+    anchors, inverse, counts = torch.unique(nodes, return_inverse=True, return_counts=True)
+    return anchors, inverse, counts.float() / nodes.numel()

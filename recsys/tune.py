@@ -1,0 +1,337 @@
+"""Budgeted hyperparameter search on the validation split, with Optuna.
+
+    >>> from recsys.tune import tune
+    >>> tune("data/ml", "tune/ml-lightgcl", "lightgcl", budget_minutes=15)["best"]["options"]
+
+Each trial is one run of the shared training loop (`recsys.train.loop.train`) on the dataset
+folder, with the options Optuna's TPE sampler draws from the model's `search_space` (declared
+in the model's own file) on top of the model's defaults. The loop reports the validation metric
+after every evaluation, and a median pruner stops a trial that sits below the median of the
+earlier trials at the same epoch; a trial whose loss diverges is pruned as well. The first
+trial of a new study is the defaults themselves, so tuning never ends below them.
+
+Test is never seen by a trial (`test=False`); it is evaluated once, at the end, on the best
+trial's weights. The study lives in `DIR/study.db` (SQLite) unless `storage` names another
+database URL, so an interrupted study resumes and several processes or machines can work on
+one study (Optuna's own distributed mode). DIR holds `tune.json` (the summary and marker),
+`best.toml` (the chosen setting, for `recsys train --config`) and `trials/NNNN/`, the run
+directory of every finished trial (pruned ones are removed).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import shutil
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import optuna
+
+from recsys.atomic import atomic_write, write_json
+from recsys.data.dataset import Dataset
+from recsys.errors import ConfigError, RecsysError
+from recsys.evaluate import evaluate
+from recsys.models import Search, model_class
+from recsys.train import loop
+from recsys.train.config import option_table, resolve_config
+from recsys.train.rundir import RunDir
+
+log = logging.getLogger("recsys")
+
+MARKER = "tune.json"
+# Pruning waits this many epochs: validation often dips before it rises (see loop.should_stop).
+PRUNE_WARMUP_EPOCHS = 5
+# Options a trial sets for itself, never tuned nor written into best.toml.
+RUN_ONLY = ("max_minutes", "device")
+
+
+def search_space(model: str, fixed: dict[str, Any] | None = None) -> dict[str, Search]:
+    """`model`'s declared space less the options the user fixed (under any of their names)."""
+    table = option_table(model)
+    pinned = {
+        table[k.replace("-", "_")][1].name for k in fixed or {} if k.replace("-", "_") in table
+    }
+    return {
+        key: space
+        for key, space in model_class(model).search_space.items()
+        if key not in table or table[key][1].name not in pinned
+    }
+
+
+def suggest(trial: optuna.Trial, model: str, fixed: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Draw one value for every option in `model`'s search space that is not fixed."""
+    table = option_table(model)
+    options: dict[str, Any] = {}
+    for key, space in search_space(model, fixed).items():
+        if key not in table:
+            raise ConfigError(f"search space of {model!r} names unknown option {key!r}")
+        kind = table[key][1].type
+        if space.choices:
+            options[key] = trial.suggest_categorical(key, list(space.choices))
+        elif kind in ("int", int):
+            options[key] = trial.suggest_int(key, int(space.low), int(space.high), log=space.log)
+        else:
+            options[key] = trial.suggest_float(key, space.low, space.high, log=space.log)
+    return options
+
+
+def default_point(model: str, fixed: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The model's defaults for the keys of its search space (the study's first trial)."""
+    config = resolve_config(model)
+    flat = {**config.to_dict()["train"], **config.to_dict()["params"]}
+    table = option_table(model)
+    return {key: flat[table[key][1].name] for key in search_space(model, fixed)}
+
+
+def tune(
+    dataset_dir: str | Path,
+    out: str | Path,
+    model: str,
+    budget_minutes: float = 15.0,
+    trials: int | None = None,
+    storage: str | None = None,
+    options: dict[str, Any] | None = None,
+    seed: int = 0,
+    overwrite: bool = False,
+    table=None,
+) -> dict:
+    """Search `model`'s hyperparameters on `dataset_dir`'s validation split within a budget.
+
+    Args:
+        dataset_dir: a prepared dataset folder with a validation split.
+        out: the tuning folder (created; an existing one of the same model and dataset resumes).
+        model: registry name.
+        budget_minutes: wall-clock minutes for the whole search (trials are capped to fit).
+        trials: stop after this many trials in this study (all processes together).
+        storage: an Optuna database URL (default: sqlite in `out`).
+        options: fixed options for every trial (flags of `recsys train`), e.g. `device`.
+        seed: seed of the sampler and of every trial's run.
+        overwrite: replace a previous tuning folder in `out`.
+        table: a callable given each finished trial's row (the CLI prints them live).
+
+    Returns:
+        The summary written to `out/tune.json`: best options, their validation and test
+        metrics, the trials' counts and rows.
+    """
+    started = time.perf_counter()
+    ds = Dataset.load(dataset_dir)
+    if ds.valid is None:
+        raise ConfigError(
+            f"{dataset_dir}: has no validation split to tune on (prepare it with --valid > 0)"
+        )
+    fixed = dict(options or {})
+    resolve_config(model, ("command line", fixed))  # refuse bad fixed options before any trial
+    out = claim_folder(Path(out), model, ds.fingerprint, overwrite)
+    url = storage or f"sqlite:///{(out / 'study.db').resolve()}"
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(
+        study_name=f"{model}-{ds.fingerprint}",
+        storage=url,
+        load_if_exists=True,
+        direction="maximize",
+        sampler=optuna.samplers.TPESampler(seed=seed),
+        pruner=optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=PRUNE_WARMUP_EPOCHS),
+    )
+    space = search_space(model, fixed)
+    if not study.trials and space:
+        study.enqueue_trial(default_point(model, fixed))
+    deadline = started + 60 * budget_minutes
+    n_trials = trials if space else 1
+
+    def objective(trial: optuna.Trial) -> float:
+        drawn = suggest(trial, model, fixed)
+        remaining = (deadline - time.perf_counter()) / 60
+        # One trial may use a third of the budget: the search must see several settings.
+        cap = max(min(budget_minutes / 3, remaining), 0.05)
+        config = resolve_config(
+            model,
+            ("tuner", {"seed": seed, **drawn}),
+            ("command line", fixed | {"max_minutes": cap}),
+        )
+        run_dir = out / "trials" / f"{trial.number:04d}"
+        if run_dir.exists():
+            shutil.rmtree(run_dir)  # a trial of this study that died before finishing
+
+        def report(epoch: int, score: float) -> None:
+            trial.report(score, epoch)
+            if trial.should_prune():
+                raise optuna.TrialPruned(f"below the median at epoch {epoch} ({score:.4f})")
+
+        try:
+            summary = loop.train(
+                ds, dataset_dir, config, run_dir, progress=False, on_validation=report, test=False
+            )
+        except (optuna.TrialPruned, RecsysError) as e:
+            shutil.rmtree(run_dir, ignore_errors=True)
+            trial.set_user_attr("reason", str(e))
+            # A diverging loss is a pruned trial too: the search learns to avoid its region.
+            raise optuna.TrialPruned(str(e)) from None
+        trial.set_user_attr("run_dir", str(run_dir))
+        trial.set_user_attr("epochs", summary["epochs"])
+        return summary["valid"][config.train.metric.lower()]
+
+    def on_trial(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        if table is not None:
+            table(trial_row(study, trial))
+
+    metric = resolve_config(model, ("command line", fixed)).train.metric.lower()
+    remaining = deadline - time.perf_counter()
+    started_trials = [t for t in study.trials if t.state != optuna.trial.TrialState.WAITING]
+    pending = n_trials - len(started_trials) if n_trials else None
+    if remaining > 0 and (pending is None or pending > 0):
+        # The trials' per-epoch lines would drown the table; --verbose keeps them.
+        level = log.level
+        if not log.isEnabledFor(logging.DEBUG):
+            log.setLevel(logging.WARNING)
+        try:
+            study.optimize(
+                objective, n_trials=pending, timeout=remaining, callbacks=[on_trial], catch=()
+            )
+        finally:
+            log.setLevel(level)
+    summary = summarise(study, model, ds, dataset_dir, out, fixed, seed, metric)
+    summary["seconds"] = time.perf_counter() - started
+    write_json(out / MARKER, summary)
+    return summary
+
+
+def claim_folder(out: Path, model: str, fingerprint: str, overwrite: bool) -> Path:
+    """`out`, made or reused: only an empty folder or a tuning folder of recsys's own."""
+    marker = out / MARKER
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"{out}: exists and is not a folder")
+    if out.is_dir() and any(out.iterdir()):
+        study = out / "study.db"
+        if not (marker.is_file() or study.is_file()):
+            raise ConfigError(
+                f"{out}: exists and is not a recsys tuning folder; choose a new --out"
+            )
+        if overwrite:
+            shutil.rmtree(out)
+        elif marker.is_file():
+            previous = json.loads(marker.read_text())
+            if (previous.get("model"), previous.get("dataset_fingerprint")) != (model, fingerprint):
+                raise ConfigError(
+                    f"{out}: holds a study of {previous.get('model')!r} on another dataset or "
+                    "model; pass --overwrite to replace it or choose a new --out"
+                )
+    out.mkdir(parents=True, exist_ok=True)
+    return out
+
+
+def trial_row(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> dict:
+    """One line of the live table: number, state, value, best so far, seconds, options."""
+    seconds = (
+        (trial.datetime_complete - trial.datetime_start).total_seconds()
+        if trial.datetime_complete and trial.datetime_start
+        else None
+    )
+    completed = [t.value for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    return {
+        "trial": trial.number,
+        "state": trial.state.name.lower(),
+        "value": trial.value,
+        "best": max(completed) if completed else None,
+        "epochs": trial.user_attrs.get("epochs", trial.last_step),
+        "seconds": seconds,
+        "options": trial.params,
+        "reason": trial.user_attrs.get("reason"),
+    }
+
+
+def format_row(row: dict) -> str:
+    value = "—" if row["value"] is None else f"{row['value']:.4f}"
+    best = "—" if row["best"] is None else f"{row['best']:.4f}"
+    seconds = "—" if row["seconds"] is None else f"{row['seconds']:.0f}"
+    options = " ".join(
+        f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in row["options"].items()
+    )
+    return f"{row['trial']:>5}  {row['state']:<8} {value:>7} {best:>7} {row['epochs'] or 0:>6} {seconds:>6}  {options}"
+
+
+TABLE_HEADER = (
+    f"{'trial':>5}  {'state':<8} {'valid':>7} {'best':>7} {'epochs':>6} {'sec':>6}  options"
+)
+
+
+def summarise(
+    study: optuna.Study,
+    model: str,
+    ds: Dataset,
+    dataset_dir: str | Path,
+    out: Path,
+    fixed: dict,
+    seed: int,
+    metric: str,
+) -> dict:
+    """Best trial, its test metrics (evaluated here, once), best.toml, and every trial's row."""
+    states = [t.state.name.lower() for t in study.trials]
+    summary: dict[str, Any] = {
+        "model": model,
+        "dataset": str(Path(dataset_dir).resolve()),
+        "dataset_fingerprint": ds.fingerprint,
+        "metric": f"valid {metric}",
+        "trials": {s: states.count(s) for s in sorted(set(states))},
+        "rows": [trial_row(study, t) for t in study.trials],
+    }
+    completed = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    if not completed:
+        summary["best"] = None
+        return summary
+    best = max(completed, key=lambda t: t.value)
+    run = RunDir(best.user_attrs["run_dir"])
+    config = run.read_config()
+    options = {
+        "model": model,
+        "train": {k: v for k, v in config["train"].items() if k not in RUN_ONLY},
+        "params": config["params"],
+    }
+    atomic_write(out / "best.toml", lambda p: p.write_text(to_toml(options, best, metric)))
+    users, items = run.load_embeddings()
+    test = (
+        evaluate(users, items, ds.train, ds.test, tuple(config["train"]["eval_k"])).metrics
+        if ds.test is not None
+        else None
+    )
+    summary["best"] = {
+        "trial": best.number,
+        "options": best.params,
+        "valid": run.read_summary()["valid"],
+        "test": test,
+        "run_dir": str(run.path),
+        "config": str(out / "best.toml"),
+        "seed": seed,
+        "fixed": fixed,
+    }
+    return summary
+
+
+def to_toml(options: dict, best: optuna.trial.FrozenTrial, metric: str) -> str:
+    """The chosen setting as TOML for `recsys train --config` (flat values only)."""
+
+    def value(v: Any) -> str:
+        if isinstance(v, bool):
+            return "true" if v else "false"
+        if isinstance(v, str):
+            return json.dumps(v)
+        if isinstance(v, float) and not math.isfinite(v):
+            raise ConfigError(f"cannot write {v!r} to TOML")
+        if isinstance(v, list):
+            return "[" + ", ".join(value(x) for x in v) + "]"
+        return repr(v)
+
+    lines = [
+        f"# recsys tune: trial {best.number}, valid {metric} {best.value:.4f}",
+        f"model = {value(options['model'])}",
+    ]
+    for section in ("train", "params"):
+        lines += ["", f"[{section}]"] + [f"{k} = {value(v)}" for k, v in options[section].items()]
+    return "\n".join(lines) + "\n"
+
+
+def print_table_row(row: dict) -> None:
+    print(format_row(row), file=sys.stderr, flush=True)
