@@ -14,6 +14,8 @@ per-repeat ratios new/old (robust to load that drifts during the run). Cases, ye
   sampled:   LightGCL negatives=sampled: 4096 anchors × 1024 candidates
 With --sweep 21,22,23,24 it instead times the new one alone with SCORE_BLOCK = 2^e for each e,
 interleaved the same way (how the CPU block size was chosen).
+recsys is imported before torch, so OpenMP waits passively as in training (recsys/threads.py);
+with spinning workers a loaded 2-core machine makes 2-thread timings measure preemption.
 It writes nothing; it only prints.
 """
 
@@ -28,6 +30,9 @@ import tempfile
 import time
 from pathlib import Path
 
+import recsys  # noqa: F401  first: it sets OMP_WAIT_POLICY before torch loads OpenMP
+
+# isort: split
 import torch
 import torch.nn.functional as F
 

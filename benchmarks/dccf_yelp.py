@@ -14,7 +14,8 @@ exp, masks, degrees, gathers, Adam, sampling) is overhead counted in the epoch b
 
 Validation and test Recall@20 are printed after every `--eval-every` epochs for the curve
 only; nothing is selected on test. Wall clock counts from process start (cold: data load,
-graph build, training, evaluations). Writes nothing to disk.
+graph build, training, evaluations). Writes nothing to disk but, on the first run without
+--data, the dataset cache: ../shared/data/yelp-sslrec prepared into --workdir.
 """
 
 from __future__ import annotations
@@ -23,11 +24,13 @@ import argparse
 import resource
 import statistics
 import time
+from pathlib import Path
 
 T_START = time.perf_counter()
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
+from bench_data import shared_dataset  # noqa: E402
 
 from recsys.data.dataset import Dataset  # noqa: E402
 from recsys.evaluate import evaluate  # noqa: E402
@@ -121,7 +124,18 @@ def to_batch(arrays) -> Batch:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--data", default="/work/ds/yelp")
+    ap.add_argument(
+        "--data",
+        type=Path,
+        default=None,
+        help="a prepared dataset folder (default: prepare ../shared/data/yelp-sslrec into --workdir)",
+    )
+    ap.add_argument(
+        "--workdir",
+        type=Path,
+        default=None,
+        help="where the prepared yelp-sslrec is cached (default: <temp dir>/recsys-bench/yelp-sslrec)",
+    )
     ap.add_argument("--batch-size", type=int, default=10240)
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--sampling", default="edge", choices=("edge", "user"))
@@ -136,6 +150,7 @@ def main() -> None:
     if args.smoke:
         args.minutes, args.trade = 0.01, "2048,10240"
 
+    args.data = args.data or shared_dataset("yelp-sslrec", args.workdir)
     ds = Dataset.load(args.data)
     options = {
         "batch_size": args.batch_size,

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from bench_data import shared_dataset
 
 from recsys import api
 from recsys.data.dataset import Dataset
@@ -28,7 +29,6 @@ from recsys.train.config import resolve_config
 from recsys.train.loop import build_model
 from recsys.train.rundir import RunDir
 
-SOURCE = Path(__file__).resolve().parents[2] / "shared" / "data" / "gowalla-lightgcn"
 PAPER = {"recall@20": 0.1830, "ndcg@20": 0.1554}
 
 
@@ -60,7 +60,7 @@ def main() -> None:
         "--workdir",
         type=Path,
         default=None,
-        help="where the dataset and run go (default: a temp dir)",
+        help="where the dataset and run go (default: the run in a fresh temp dir, the dataset in a reused one)",
     )
     parser.add_argument("--device", default="auto")
     parser.add_argument(
@@ -71,13 +71,11 @@ def main() -> None:
     )
     args = parser.parse_args()
     work = args.workdir or Path(tempfile.mkdtemp(prefix="gowalla-"))
-    data_dir, run_dir = args.data or work / "data", work / "lightgcn"
-    if not (data_dir / "dataset.json").exists():
-        if not SOURCE.exists():
-            raise SystemExit(
-                f"{SOURCE} not found: this benchmark needs ../shared/data/gowalla-lightgcn"
-            )
-        api.prepare(SOURCE, data_dir, valid=0)  # the published split: train.txt / test.txt as given
+    run_dir = work / "lightgcn"
+    # valid=0: the published split, train.txt / test.txt as given.
+    data_dir = args.data or shared_dataset(
+        "gowalla-lightgcn", args.workdir / "data" if args.workdir else None, valid=0
+    )
     ds = Dataset.load(data_dir)
     print(
         f"gowalla-lightgcn: {ds.n_users} users, {ds.n_items} items, {ds.train.nnz} train, {ds.test.nnz} test"

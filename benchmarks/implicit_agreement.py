@@ -1,6 +1,9 @@
 """Do our ALS/BPR rows mean what `implicit` would say? Same factors, two evaluators.
 
-    python benchmarks/implicit_agreement.py [--data /work/ds/yelp] [--out /tmp/implicit_agreement]
+    python benchmarks/implicit_agreement.py [--data DATASET_DIR] [--workdir DIR] [--out DIR]
+
+Without --data it prepares ../shared/data/yelp-sslrec (beside the repository root) once into
+--workdir (default <temp dir>/recsys-bench/yelp-sslrec) and reuses it.
 
 Trains `als` and `bpr` through `recsys.api.train` (implicit fits the factors), then scores the
 run's factors twice on test: with our evaluator (the table's Recall@20) and with
@@ -18,6 +21,7 @@ Recall@20 within 5 % relative of implicit's "precision@20".
 from __future__ import annotations
 
 import argparse
+import tempfile
 import time
 from pathlib import Path
 
@@ -25,6 +29,7 @@ import implicit.cpu.als
 import implicit.cpu.bpr
 import numpy as np
 import torch
+from bench_data import shared_dataset
 from implicit.evaluation import ranking_metrics_at_k
 
 from recsys import api
@@ -32,7 +37,7 @@ from recsys.data.dataset import Dataset
 from recsys.evaluate import evaluate
 from recsys.train.rundir import RunDir
 
-# The yardstick settings of /work/shared/data/README.md (ALS tuned on valid there).
+# The yardstick settings of ../shared/data/README.md (ALS tuned on valid there).
 CONFIGS = {
     "als": {"dim": 64, "reg": 0.01, "alpha": 10.0, "iterations": 50},
     "bpr": {"dim": 128, "learning_rate": 0.01, "reg": 1e-3, "iterations": 200},
@@ -53,9 +58,26 @@ def implicit_model_with(model: str, users: np.ndarray, items: np.ndarray):
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", default="/work/ds/yelp")
-    parser.add_argument("--out", default="/tmp/implicit_agreement")
+    parser.add_argument(
+        "--data",
+        type=Path,
+        default=None,
+        help="a prepared dataset folder (default: prepare ../shared/data/yelp-sslrec into --workdir)",
+    )
+    parser.add_argument(
+        "--workdir",
+        type=Path,
+        default=None,
+        help="where the prepared yelp-sslrec is cached (default: <temp dir>/recsys-bench/yelp-sslrec)",
+    )
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=Path(tempfile.gettempdir()) / "recsys-bench" / "implicit_agreement",
+        help="where the two runs go (overwritten)",
+    )
     args = parser.parse_args()
+    args.data = args.data or shared_dataset("yelp-sslrec", args.workdir)
     ds = Dataset.load(args.data)
     train, test = ds.train, ds.split("test")
     n_true = np.diff(test.indptr)

@@ -9,7 +9,8 @@ score products (distinct anchors × all users, distinct anchors × all items), t
 exponentials, and the two backward products, timed alone on the same shapes and blocks,
 right after the real step, so that load from other processes hits both alike.
 With --batches N, epoch times are the median step time × the epoch's step count.
-It writes nothing; it only prints.
+It only prints; it writes nothing but, on the first run without --data, the dataset cache:
+../shared/data/yelp-sslrec prepared into --workdir.
 """
 
 from __future__ import annotations
@@ -17,13 +18,15 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
+from bench_data import shared_dataset
 
 from recsys.data.dataset import Dataset
 from recsys.evaluate import evaluate
-from recsys.models import Batch, lightgcl
+from recsys.models import Batch, contrast
 from recsys.train.config import resolve_config
 from recsys.train.loop import build_model, peak_rss_mib, resolve_device
 from recsys.train.sampler import BPRSampler
@@ -44,7 +47,7 @@ def floor_seconds(counts: tuple[int, int], cands: list[torch.Tensor], device) ->
     sync(device)
     t0 = time.perf_counter()
     for a, c in zip(anchors, cands):
-        rows = max(1, lightgcl.BLOCK_ELEMENTS // c.shape[0])
+        rows = contrast.block_rows(c.shape[0], torch.device(device))  # the model's blocks (V = 1)
         grad_c = torch.zeros_like(c)
         for start in range(0, a.shape[0], rows):
             p = (a[start : start + rows] @ c.T).exp_()
@@ -92,7 +95,9 @@ def eval_seconds(ds: Dataset, device, dim: int = 64) -> float:
     return time.perf_counter() - t0
 
 
-def recall_against_time(data: str, options: dict, seed: int, device, minutes: float, target: float):
+def recall_against_time(
+    data: str | Path, options: dict, seed: int, device, minutes: float, target: float
+):
     """Train as the shared loop does; print valid and test Recall@20 at each epoch's wall time.
 
     The clock starts before the dataset is read and the model built (SVD included), and
@@ -144,7 +149,18 @@ def recall_against_time(data: str, options: dict, seed: int, device, minutes: fl
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--data", default="/work/ds/yelp")
+    parser.add_argument(
+        "--data",
+        type=Path,
+        default=None,
+        help="a prepared dataset folder (default: prepare ../shared/data/yelp-sslrec into --workdir)",
+    )
+    parser.add_argument(
+        "--workdir",
+        type=Path,
+        default=None,
+        help="where the prepared yelp-sslrec is cached (default: <temp dir>/recsys-bench/yelp-sslrec)",
+    )
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
@@ -163,6 +179,7 @@ def main() -> None:
     )
     args = parser.parse_args()
     device = resolve_device(args.device)
+    args.data = args.data or shared_dataset("yelp-sslrec", args.workdir)
     ds = Dataset.load(args.data)
     fast = dict(kv.split("=") for kv in args.fast.split(","))
     limit = args.batches or -1

@@ -27,6 +27,7 @@ from recsys.data.synth import synth_log
 from recsys.errors import ConfigError, RunError
 from recsys.evaluate import evaluate, metrics_by_degree
 from recsys.index import build_index, load_index, search
+from recsys.models import model_class
 from recsys.train import loop
 from recsys.train.config import RunConfig, read_config_file, resolve_config
 from recsys.train.rundir import RunDir
@@ -100,7 +101,10 @@ def train(
     if not model:
         raise ConfigError("no model given: pass --model or set 'model' in the config file")
     config = resolve_config(
-        model, (str(config_file), file_options), ("command line", options or {})
+        model,
+        ("dataset", model_class(model).data_defaults(ds.train)),
+        (str(config_file), file_options),
+        ("command line", options or {}),
     )
     if overwrite and run.path.exists():
         shutil.rmtree(run.path)

@@ -79,9 +79,12 @@ def suggest(trial: optuna.Trial, model: str, fixed: dict[str, Any] | None = None
     return options
 
 
-def default_point(model: str, fixed: dict[str, Any] | None = None) -> dict[str, Any]:
-    """The model's defaults for the keys of its search space (the study's first trial)."""
-    config = resolve_config(model)
+def default_point(
+    model: str, fixed: dict[str, Any] | None = None, derived: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """The model's defaults (with those `derived` from the data) for the keys of its search
+    space: the study's first trial."""
+    config = resolve_config(model, ("dataset", derived or {}))
     flat = {**config.to_dict()["train"], **config.to_dict()["params"]}
     table = option_table(model)
     return {key: flat[table[key][1].name] for key in search_space(model, fixed)}
@@ -124,7 +127,8 @@ def tune(
             f"{dataset_dir}: has no validation split to tune on (prepare it with --valid > 0)"
         )
     fixed = dict(options or {})
-    resolve_config(model, ("command line", fixed))  # refuse bad fixed options before any trial
+    derived = ("dataset", model_class(model).data_defaults(ds.train))
+    resolve_config(model, derived, ("command line", fixed))  # refuse bad options before any trial
     out = claim_folder(Path(out), model, ds.fingerprint, overwrite)
     url = storage or f"sqlite:///{(out / 'study.db').resolve()}"
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -138,7 +142,7 @@ def tune(
     )
     space = search_space(model, fixed)
     if not study.trials and space:
-        study.enqueue_trial(default_point(model, fixed))
+        study.enqueue_trial(default_point(model, fixed, derived[1]))
     deadline = started + 60 * budget_minutes
     n_trials = trials if space else 1
 
@@ -149,6 +153,7 @@ def tune(
         cap = max(min(budget_minutes / 3, remaining), 0.05)
         config = resolve_config(
             model,
+            derived,
             ("tuner", {"seed": seed, **drawn}),
             ("command line", fixed | {"max_minutes": cap}),
         )
@@ -178,7 +183,7 @@ def tune(
         if table is not None:
             table(trial_row(study, trial))
 
-    metric = resolve_config(model, ("command line", fixed)).train.metric.lower()
+    metric = resolve_config(model, derived, ("command line", fixed)).train.metric.lower()
     remaining = deadline - time.perf_counter()
     started_trials = [t for t in study.trials if t.state != optuna.trial.TrialState.WAITING]
     pending = n_trials - len(started_trials) if n_trials else None

@@ -109,7 +109,7 @@ def test_paper_names_are_aliases():
     )
     p = config.params
     assert (p.cl_weight, p.weight_decay, p.temperature, p.svd_rank) == (0.1, 1e-5, 0.5, 3)
-    assert (config.train.batch_size, config.train.lr) == (4096, 1e-3)
+    assert (config.train.batch_size, config.train.lr) == (4096, 5e-3)
 
 
 @pytest.mark.parametrize("negatives", ["all", "batch", "sampled"])

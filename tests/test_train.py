@@ -186,3 +186,20 @@ def test_sampling_option_reaches_the_sampler(synth_dataset, tmp_path, monkeypatc
     assert modes == ["user", "edge"]
     assert json.loads((tmp_path / "u" / "config.json").read_text())["train"]["sampling"] == "user"
     assert user["valid"] != edge["valid"]
+
+
+@pytest.mark.parametrize(
+    "model, key, scale", [("dccf", "reg", 160.0), ("lightgcl", "cl_weight", 0.9)]
+)
+def test_density_derived_defaults_and_given_options_win(synth_dataset, tmp_path, model, key, scale):
+    from recsys.models.base import interactions_per_user
+
+    train = Dataset.load(synth_dataset).train
+    per_user = train.nnz / (np.diff(train.indptr) > 0).sum()
+    assert interactions_per_user(train) == pytest.approx(per_user)
+    options = {**FAST, "epochs": 1}
+    api.train(synth_dataset, tmp_path / "derived", model, options, progress=False)
+    params = json.loads((tmp_path / "derived" / "config.json").read_text())["params"]
+    assert params[key] == pytest.approx(scale / per_user)
+    api.train(synth_dataset, tmp_path / "given", model, {**options, key: 0.5}, progress=False)
+    assert json.loads((tmp_path / "given" / "config.json").read_text())["params"][key] == 0.5

@@ -1,8 +1,10 @@
 import json
 from types import SimpleNamespace
 
+import numpy as np
 import optuna
 import pytest
+import scipy.sparse as sp
 
 from recsys import api
 from recsys.errors import ConfigError
@@ -24,10 +26,13 @@ def test_search_space_is_valid_and_holds_the_defaults(model):
         assert bool(s.choices) != (s.low is not None and s.high is not None), key
         if not s.choices:
             assert s.low < s.high and (not s.log or s.low > 0), key
-    # the defaults (the study's first trial) lie inside the space
-    for key, value in default_point(model).items():
-        s = space[key]
-        assert value in s.choices if s.choices else s.low <= value <= s.high, (key, value)
+    # the defaults (the study's first trial) lie inside the space, also where they are derived
+    # from the data: a dense and a very sparse training matrix
+    for train in (sp.csr_matrix(np.ones((4, 3))), sp.identity(50, format="csr")):
+        derived = model_class(model).data_defaults(train)
+        for key, value in default_point(model, derived=derived).items():
+            s = space[key]
+            assert value in s.choices if s.choices else s.low <= value <= s.high, (key, value)
     # every drawn point resolves into a valid configuration
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
     for _ in range(25):

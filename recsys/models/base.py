@@ -14,6 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
+import numpy as np
 import scipy.sparse as sp
 import torch
 import torch.nn.functional as F
@@ -81,6 +82,11 @@ class Recommender(nn.Module):
         self.n_users, self.n_items, self.params = n_users, n_items, params
         self.generator = generator  # the run's one torch random source (init, dropout, sampling)
 
+    @classmethod
+    def data_defaults(cls, train: sp.csr_matrix) -> dict[str, Any]:
+        """Defaults derived from the training matrix; any option the user gives wins over them."""
+        return {}
+
     def final_embeddings(self, graph: Graph) -> tuple[torch.Tensor, torch.Tensor]:
         """(n_users, d) and (n_items, d) float32: score(u, i) = users[u] · items[i]."""
         raise NotImplementedError
@@ -114,6 +120,16 @@ class EmbeddingRecommender(Recommender):
 
     def ego_embeddings(self) -> tuple[torch.Tensor, torch.Tensor]:
         return self.user_emb, self.item_emb
+
+
+def interactions_per_user(train: sp.csr_matrix) -> float:
+    """Training interactions per user who has any: the density that regularisers scale with.
+
+    A Gaussian prior weighs once per user while the likelihood sums over the user's
+    interactions, so the regulariser of a per-interaction loss scales as 1 / this.
+    """
+    users = max(int((np.diff(train.indptr) > 0).sum()), 1)
+    return train.nnz / users
 
 
 def bpr_loss(users: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor) -> torch.Tensor:
