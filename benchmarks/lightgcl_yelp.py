@@ -185,7 +185,7 @@ def main() -> None:
     limit = args.batches or -1
 
     exact_step, n_steps, floors, ratio = step_seconds(
-        ds, {"seed": args.seed}, args.seed, device, limit, floor=True
+        ds, {"negatives": "all", "seed": args.seed}, args.seed, device, limit, floor=True
     )
     fast_step, n_fast, _, _ = step_seconds(
         ds, {**fast, "seed": args.seed}, args.seed, device, limit

@@ -110,9 +110,13 @@ def cell(dataset: str, data: Path, model: str, column: str, args: argparse.Names
                   "trials": result["trials"]}  # fmt: skip
 
 
-def markdown(rows: list[dict], datasets: list[str], models: list[str], columns: list[str]) -> str:
-    """The matrix: a row per model, two cells per dataset (test Recall@20 / NDCG@20)."""
+def markdown(rows: list[dict]) -> str:
+    """The matrix of every cell run so far: a row per model, a column per dataset and setting,
+    test Recall@20 / NDCG@20 in each cell."""
     found = {(r["dataset"], r["model"], r["column"]): r for r in rows}
+    datasets = [d for d in PREPARE if any(r["dataset"] == d for r in rows)]
+    models = [m for m in MODELS.split(",") if any(r["model"] == m for r in rows)]
+    columns = [c for c in ("defaults", "tuned") if any(r["column"] == c for r in rows)]
     head = ["model"] + [f"{d} {c}" for d in datasets for c in columns]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for model in models:
@@ -167,7 +171,7 @@ def main() -> None:
         with lock:
             rows.append(row)
             write_json(store, rows)
-            table = markdown(rows, datasets, models, columns)
+            table = markdown(rows)
             atomic_write(args.out / "matrix.md", lambda p: p.write_text(table))
             test = row.get("test") or {}
             print(f"{row['dataset']:>17} {row['model']:>9} {row['column']:>8}  "

@@ -134,7 +134,7 @@ def test_config_precedence_aliases_and_errors(tmp_path):
         resolve_config("nope")
     # Out-of-range values are refused by name, under the alias the user typed.
     for model, options, message in (
-        ("dccf", {"temp": "0"}, "option 'temp' must be > 0, got 0.0"),
+        ("dccf", {"temp": "0"}, "option 'temp' must be ≥ 0.025, got 0.0"),
         ("dccf", {"n_intents": 0}, "option 'n_intents' must be ≥ 1, got 0"),
         ("dccf", {"ssl_reg": -0.1}, "option 'ssl_reg' must be ≥ 0, got -0.1"),
         ("mf", {"batch_size": 0}, "option 'batch_size' must be ≥ 1, got 0"),
@@ -189,9 +189,12 @@ def test_sampling_option_reaches_the_sampler(synth_dataset, tmp_path, monkeypatc
 
 
 @pytest.mark.parametrize(
-    "model, key, scale", [("dccf", "reg", 160.0), ("lightgcl", "cl_weight", 0.9)]
+    "model, key, derive",
+    [("dccf", "reg", lambda m: 160.0 / m), ("lightgcl", "cl_weight", lambda m: 3.7 / m**2)],
 )
-def test_density_derived_defaults_and_given_options_win(synth_dataset, tmp_path, model, key, scale):
+def test_density_derived_defaults_and_given_options_win(
+    synth_dataset, tmp_path, model, key, derive
+):
     from recsys.models.base import interactions_per_user
 
     train = Dataset.load(synth_dataset).train
@@ -200,6 +203,6 @@ def test_density_derived_defaults_and_given_options_win(synth_dataset, tmp_path,
     options = {**FAST, "epochs": 1}
     api.train(synth_dataset, tmp_path / "derived", model, options, progress=False)
     params = json.loads((tmp_path / "derived" / "config.json").read_text())["params"]
-    assert params[key] == pytest.approx(scale / per_user)
+    assert params[key] == pytest.approx(derive(per_user))
     api.train(synth_dataset, tmp_path / "given", model, {**options, key: 0.5}, progress=False)
     assert json.loads((tmp_path / "given" / "config.json").read_text())["params"][key] == 0.5

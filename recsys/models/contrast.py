@@ -24,7 +24,8 @@ anchors, V·N = 3 × 8400, d = 32, 2 threads, CPU):
   (1.14 ms), rather than d + 1 with a column of ones for the row sums (1.63 ms); the row sums
   are a separate pass over the contiguous block (0.31 ms, strided 0.41 ms);
 - every block is written into one reused buffer (torch.mm(out=...)): a fresh 16 MiB block per
-  iteration is fresh pages to fault in (the whole DCCF InfoNCE 1.36× faster).
+  iteration is fresh pages to fault in (the whole DCCF InfoNCE 1.36× faster);
+- with one stack (V = 1, LightGCL) the read-back is plain mm / addmm, 1-3% faster than bmm.
 Block sizes: see SCORE_BLOCK. The positive term is plain autograd (O(V·A·d), no scores).
 """
 
@@ -33,11 +34,15 @@ from __future__ import annotations
 import torch
 
 # Score entries held at once. On CPU 16 MiB of float32: the exp and the two GEMMs that read a
-# block back then find it in cache. One yelp-sized DCCF InfoNCE (A = N = 8000, V = 3, d = 32,
-# forward and backward), 2 threads: 227 ms with 2^22 entries, 236 ms with 2^21, 228 ms with
-# 2^23, 325 ms with 2^24 (1 thread: 378 / 379 / 414 / 714 ms). LightGCL's exact yelp call
-# (4096 anchors × 42,712 users, ~7,000 × 26,822 items, d = 64), 1 thread: see
-# benchmarks/contrast_ab.py; 2^22 measured no slower than the 2^24 it used before.
+# block back then find it in cache. Forward and backward, yelp-sized, ms with 2^21 / 2^22 /
+# 2^23 / 2^24 entries (benchmarks/contrast_ab.py --sweep, loaded 2-core machine):
+#   DCCF (A = N = 8000, V = 3, d = 32)   1 thread  406 / 403 / 522 / 699
+#                                        2 threads 418 / 415 / 624 / 733
+#   LightGCL exact (4096 × 42,712 users  1 thread  1569 / 1465 / 2352 / 2618
+#   and 7,000 × 26,822 items, d = 64)    2 threads 1916 / 1554 / 2041 / 2169
+# (an earlier DCCF-only sweep, 2 threads: 236 / 227 / 228 / 325; 1 thread: 379 / 378 / 414 /
+# 714). LightGCL's own copy used 2^24 entries, fresh per block, read back with d + 1 columns:
+# the exact call is ~1.8x faster here (1 thread), 1.45x (2 threads).
 # On CUDA, larger blocks keep the kernel launches few (32 MiB: the size measured on the H200).
 SCORE_BLOCK = 1 << 22
 CUDA_SCORE_BLOCK = 1 << 23
@@ -84,8 +89,14 @@ class _WeightedLogSumExp(torch.autograd.Function):
             log_norms[:, start:stop] = norm.log()
             if not (need_anchors or need_cands):
                 continue
-            probs = by_row.transpose(0, 1)  # (V, b, N), strided
             scale = (weights[start:stop] / (temperature * norm))[:, :, None]  # (V, b, 1)
+            if n_views == 1:  # plain GEMMs (see the module docstring)
+                if need_anchors:
+                    torch.mm(scores, flat, out=grad_anchors[start:stop]).mul_(scale[0])
+                if need_cands:
+                    grad_cands[0].addmm_(scores.T, anchors[start:stop] * scale[0])
+                continue
+            probs = by_row.transpose(0, 1)  # (V, b, N), strided
             if need_anchors:
                 torch.sum(torch.bmm(probs, cands).mul_(scale), 0, out=grad_anchors[start:stop])
             if need_cands:

@@ -85,7 +85,9 @@ class DCCFParams:
         metadata={"help": "λ₁ on the InfoNCE terms", "aliases": ("ssl_reg",), "min": 0},
     )
     temperature: float = field(
-        default=0.2, metadata={"help": "InfoNCE temperature τ", "aliases": ("temp",), "above": 0}
+        default=0.2,
+        # float32 range of exp(-2/τ): below this an InfoNCE row sum can underflow to 0
+        metadata={"help": "InfoNCE temperature τ", "aliases": ("temp",), "min": 0.025},
     )
 
 
