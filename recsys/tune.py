@@ -128,7 +128,8 @@ def tune(
         )
     fixed = dict(options or {})
     derived = ("dataset", model_class(model).data_defaults(ds.train))
-    resolve_config(model, derived, ("command line", fixed))  # refuse bad options before any trial
+    # refuses bad options before any trial
+    metric = resolve_config(model, derived, ("command line", fixed)).train.metric.lower()
     out = claim_folder(Path(out), model, ds.fingerprint, overwrite)
     url = storage or f"sqlite:///{(out / 'study.db').resolve()}"
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -149,8 +150,10 @@ def tune(
     def objective(trial: optuna.Trial) -> float:
         drawn = suggest(trial, model, fixed)
         remaining = (deadline - time.perf_counter()) / 60
-        # One trial may use a third of the budget: the search must see several settings.
-        cap = max(min(budget_minutes / 3, remaining), 0.05)
+        # The search must see several settings: the defaults may use half of the budget,
+        # any other trial a third.
+        share = 2 if trial.number == 0 else 3
+        cap = max(min(budget_minutes / share, remaining), 0.05)
         config = resolve_config(
             model,
             derived,
@@ -183,19 +186,19 @@ def tune(
         if table is not None:
             table(trial_row(study, trial))
 
-    metric = resolve_config(model, derived, ("command line", fixed)).train.metric.lower()
     remaining = deadline - time.perf_counter()
     started_trials = [t for t in study.trials if t.state != optuna.trial.TrialState.WAITING]
-    pending = n_trials - len(started_trials) if n_trials else None
-    if remaining > 0 and (pending is None or pending > 0):
+    callbacks = [on_trial]
+    if n_trials:
+        # counts the trials of every process working on the study, not only this one's
+        callbacks.append(optuna.study.MaxTrialsCallback(n_trials, states=None))
+    if remaining > 0 and (not n_trials or len(started_trials) < n_trials):
         # The trials' per-epoch lines would drown the table; --verbose keeps them.
         level = log.level
         if not log.isEnabledFor(logging.DEBUG):
             log.setLevel(logging.WARNING)
         try:
-            study.optimize(
-                objective, n_trials=pending, timeout=remaining, callbacks=[on_trial], catch=()
-            )
+            study.optimize(objective, timeout=remaining, callbacks=callbacks, catch=())
         finally:
             log.setLevel(level)
     summary = summarise(study, model, ds, dataset_dir, out, fixed, seed, metric)
