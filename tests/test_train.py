@@ -160,7 +160,7 @@ def test_metrics_jsonl_lines_are_json(synth_dataset, tmp_path):
 
 
 def test_resuming_an_early_stopped_run_trains_no_further(synth_dataset, tmp_path):
-    options = {**FAST, "epochs": 30, "patience": 1, "lr": 0.05}
+    options = {**FAST, "epochs": 30, "patience": 1, "min_epochs": 0, "lr": 0.05}
     first = api.train(synth_dataset, tmp_path / "run", "mf", options, progress=False)
     assert first["epochs"] < 30  # stopped early
     again = api.train(synth_dataset, tmp_path / "run", resume=True, progress=False)

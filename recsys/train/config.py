@@ -48,7 +48,7 @@ class TrainParams:
         },
     )
     min_epochs: int = field(
-        default=20,
+        default=30,
         metadata={
             "help": "never stop early before this epoch (outlasts the warm-up dip of validation)",
             "min": 0,

@@ -262,9 +262,10 @@ def should_stop(epoch: int, best_epoch: int, opts) -> bool:
     """Early stopping: the best validation is `patience` epochs old, and `min_epochs` are done.
 
     Counted in epochs, not validations, so `eval_every` does not change its meaning. The floor
-    of `min_epochs` is for the warm-up dip: on ml-100k, LightGCN at lr 1e-3 peaked at epoch 4,
-    dipped below that for 10 epochs and was stopped at 14 (test Recall@20 0.18), while the same
-    run carried on reaches 0.33.
+    of `min_epochs` outlasts the warm-up plateau: on ml-100k, LightGCN at lr 1e-3 reaches
+    MostPop's level at epoch 4 (valid Recall@20 0.194), stays there until epoch 22, then climbs.
+    Patience alone stopped it at epoch 14 (test 0.185), a floor of 20 at epoch 20 (0.185), a
+    floor of 30 let it run to epoch 171 (test 0.333).
     """
     return opts.patience > 0 and epoch >= opts.min_epochs and epoch - best_epoch >= opts.patience
 
