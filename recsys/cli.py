@@ -252,10 +252,17 @@ def tune(
     if trials is not None and trials < 1:
         raise ConfigError(f"--trials must be ≥ 1, got {trials}")
     use_threads(threads)
-    typer.echo(tuning.TABLE_HEADER, err=True)
+    printed: list[dict] = []
+
+    def table(row: dict) -> None:  # the header comes with the first trial, after validation
+        if not printed:
+            typer.echo(tuning.TABLE_HEADER, err=True)
+        printed.append(row)
+        tuning.print_table_row(row)
+
     summary = tuning.tune(
         dataset, out, model, budget_minutes, trials, storage, extra_options(ctx.args), seed,
-        overwrite, table=tuning.print_table_row,
+        overwrite, table=table,
     )  # fmt: skip
     if as_json:
         emit(summary, True)
