@@ -12,6 +12,7 @@ The CLI and the notebook call these and nothing below them.
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 from pathlib import Path
 from typing import Any
@@ -20,7 +21,7 @@ import numpy as np
 import polars as pl
 import torch
 
-from recsys.atomic import atomic_write
+from recsys.atomic import atomic_dir, atomic_write, claim_file, claim_output
 from recsys.data.dataset import Dataset
 from recsys.data.prepare import describe, prepare_dataset
 from recsys.data.synth import synth_log
@@ -32,9 +33,16 @@ from recsys.train import loop
 from recsys.train.config import RunConfig, read_config_file, resolve_config
 from recsys.train.rundir import RunDir
 
+log = logging.getLogger("recsys")
 
-def prepare(source: str | Path, out: str | Path, **options: Any) -> dict:
-    """Read a log (or pre-split folder), filter and split it, save the dataset folder; returns its summary."""
+
+def prepare(source: str | Path, out: str | Path, overwrite: bool = False, **options: Any) -> dict:
+    """Read a log (or pre-split folder), filter and split it, save the dataset folder; returns its summary.
+
+    `out` must be new, empty, or (with `overwrite`) a dataset folder; the new one is built
+    beside it and swapped in, so a failure leaves the previous dataset.
+    """
+    claim_output(out, "dataset", overwrite, inputs=[source])
     ds = prepare_dataset(source, **options)
     ds.save(out)
     return describe(ds)
@@ -44,10 +52,10 @@ def info(dataset_dir: str | Path) -> dict:
     return describe(Dataset.load(dataset_dir))
 
 
-def synth(out: str | Path, **options: Any) -> dict:
+def synth(out: str | Path, overwrite: bool = False, **options: Any) -> dict:
     """Write a synthetic interaction log with planted intents as CSV; returns its counts."""
-    log = synth_log(**options).log
     out = Path(out)
+    claim_file(out, overwrite)
     writers = {
         ".csv": pl.DataFrame.write_csv,
         ".tsv": lambda df, p: df.write_csv(p, separator="\t"),
@@ -55,6 +63,7 @@ def synth(out: str | Path, **options: Any) -> dict:
     }
     if out.suffix not in writers:
         raise ConfigError(f"{out}: unsupported extension (use .csv, .tsv or .parquet)")
+    log = synth_log(**options).log
     atomic_write(out, lambda p: writers[out.suffix](log, p))
     return {
         "path": str(out),
@@ -77,21 +86,19 @@ def train(
     """Train a model on a prepared dataset into run directory `out`; returns the final summary.
 
     Options come from `config_file` (TOML/JSON, flat keys or [train]/[params] tables, may name
-    the model) and then `options`, which win. With `resume`, the saved config is used as is.
+    the model) and then `options`, which win. `out` must be new, empty, a run that never
+    reached its first checkpoint (restarted in place), or, with `overwrite`, a run (the new one
+    is trained beside it and swapped in at the end, so a failure leaves the old run). With
+    `resume`, the saved configuration is continued; only RESUMABLE options may change.
     """
     run = RunDir(out)
     ds = Dataset.load(dataset_dir)
     if resume:
-        saved = run.read_config()
-        if saved["dataset"]["fingerprint"] != ds.fingerprint:
-            raise RunError(
-                f"{run.path}: was trained on dataset {saved['dataset']['fingerprint']}, not {dataset_dir} ({ds.fingerprint})"
-            )
-        config = RunConfig.from_dict(saved)
-        return loop.train(
-            ds, dataset_dir, config, run.path, resume=run.checkpoint.is_file(), progress=progress
-        )
-    if run.exists() and not overwrite:
+        if overwrite:
+            raise ConfigError("--resume continues a run and --overwrite replaces it: pass one")
+        return resume_run(run, ds, dataset_dir, model, options, config_file, progress)
+    holds_run = claim_output(run.path, "run", reuse=True, inputs=[dataset_dir])
+    if holds_run and run.started() and not overwrite:
         raise RunError(
             f"{run.path}: already holds a run; pass --resume to continue it or --overwrite to replace it"
         )
@@ -106,9 +113,62 @@ def train(
         (str(config_file), file_options),
         ("command line", options or {}),
     )
-    if overwrite and run.path.exists():
-        shutil.rmtree(run.path)
-    return loop.train(ds, dataset_dir, config, run.path, progress=progress)
+    if holds_run and run.started():
+        with atomic_dir(run.path) as beside:
+            return loop.train(ds, dataset_dir, config, beside, progress=progress)
+    existed = run.path.exists()
+    try:
+        return loop.train(ds, dataset_dir, config, run.path, progress=progress)
+    except BaseException:
+        if not run.started():  # nothing to resume: leave the folder as it was (absent or empty)
+            if existed:
+                for child in run.path.iterdir():
+                    shutil.rmtree(child) if child.is_dir() else child.unlink()
+            else:
+                shutil.rmtree(run.path, ignore_errors=True)
+        raise
+
+
+# Options a resumed run may change: they bound or schedule the loop, and shape no saved state.
+RESUMABLE = ("epochs", "patience", "min_epochs", "max_minutes", "eval_every", "device")
+
+
+def resume_run(run, ds, dataset_dir, model, options, config_file, progress) -> dict:
+    """Continue `run` from its last checkpoint, applying changes to RESUMABLE options only."""
+    saved = run.read_config()
+    if saved["dataset"]["fingerprint"] != ds.fingerprint:
+        raise RunError(
+            f"{run.path}: was trained on dataset {saved['dataset']['fingerprint']}, not {dataset_dir} ({ds.fingerprint})"
+        )
+    if model and model != saved["model"]:
+        raise ConfigError(
+            f"{run.path}: is a {saved['model']!r} run; --resume cannot change --model"
+        )
+    if not run.checkpoint.is_file() and not run.started():
+        raise RunError(f"{run.path}: has no checkpoint to resume; start it again without --resume")
+    requested = read_config_file(config_file) if config_file else {}
+    requested.pop("model", None)
+    before = RunConfig.from_dict(saved)
+    config = resolve_config(
+        saved["model"],
+        ("config.json", {**saved["train"], **saved["params"]}),
+        (str(config_file), requested),
+        ("command line", options or {}),
+    )
+    old, new = before.to_dict(), config.to_dict()
+    changed = [k for part in ("train", "params") for k in new[part] if new[part][k] != old[part][k]]
+    locked = [k for k in changed if k not in RESUMABLE]
+    if locked:
+        raise ConfigError(
+            f"--resume cannot change {', '.join(locked)} (only {', '.join(RESUMABLE)} may change); "
+            "start a new run with --overwrite or another --out"
+        )
+    if changed:
+        run.write_config({**saved, "train": new["train"]})
+        log.info("resuming with %s", ", ".join(f"{k}={new['train'][k]}" for k in changed))
+    return loop.train(
+        ds, dataset_dir, config, run.path, resume=run.checkpoint.is_file(), progress=progress
+    )
 
 
 def evaluate_run(

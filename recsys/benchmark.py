@@ -40,7 +40,7 @@ from matplotlib.figure import Figure
 
 import recsys
 from recsys import api
-from recsys.atomic import atomic_write, write_json
+from recsys.atomic import atomic_write, claim_output, removed_on_failure, write_json, write_marker
 from recsys.data.dataset import Dataset
 from recsys.errors import ConfigError
 from recsys.evaluate import evaluate
@@ -95,7 +95,13 @@ def run_benchmark(
     if not classes:
         raise ConfigError(f"no model to benchmark among {', '.join(models) or 'none given'}")
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    claim_output(out, "benchmark", reuse=True, inputs=[data])
+    with removed_on_failure(out):
+        return benchmark_into(out, data, classes, rows, budget_minutes, seed, threads)
+
+
+def benchmark_into(out, data, classes, rows, budget_minutes, seed, threads) -> list[dict]:
+    write_marker(out, "benchmark")
     started = time.perf_counter()
     data_dir = dataset_folder(data, out)
     ds = Dataset.load(data_dir)
@@ -132,7 +138,7 @@ def dataset_folder(data: str | Path, out: Path) -> Path:
     data = Path(data)
     if (data / "dataset.json").is_file():
         return data
-    summary = api.prepare(data, out / "data")
+    summary = api.prepare(data, out / "data", overwrite=True)
     log.info(
         "benchmark: prepared %s into %s (%s users, %s items)",
         data,

@@ -6,12 +6,14 @@ import dataclasses
 import functools
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 
 import typer
 
 from recsys import api
+from recsys.atomic import claim_output, removed_on_failure, write_marker
 from recsys.errors import ConfigError, RecsysError
 from recsys.models import MODELS, model_class
 from recsys.train.config import TrainParams
@@ -119,11 +121,14 @@ def data_prepare(
         0.1, help="fraction of each user's training interactions held out for validation (0: none)"
     ),
     seed: int = typer.Option(0, help="seed of the random split"),
+    overwrite: bool = typer.Option(
+        False, "--overwrite", help="replace the dataset folder in --out (nothing else)"
+    ),
     as_json: bool = typer.Option(False, "--json", help="print one JSON object"),
 ):
     """Read an interaction log, filter and split it, and save a dataset folder."""
     summary = api.prepare(
-        source, out, format=format, user_col=user_col, item_col=item_col, rating_col=rating_col, time_col=time_col,
+        source, out, overwrite, format=format, user_col=user_col, item_col=item_col, rating_col=rating_col, time_col=time_col,
         min_rating=min_rating, kcore=kcore, split=split, valid=valid, seed=seed,
     )  # fmt: skip
     emit(summary, as_json)
@@ -147,10 +152,12 @@ def data_synth(
     items: int = typer.Option(500, help="number of items"),
     intents: int = typer.Option(8, help="planted latent intents"),
     seed: int = typer.Option(0, help="random seed"),
+    overwrite: bool = typer.Option(False, "--overwrite", help="replace the file in --out"),
     as_json: bool = typer.Option(False, "--json"),
 ):
     """Generate a log with planted intents and power-law popularity (makes data/sample.csv)."""
-    emit(api.synth(out, n_users=users, n_items=items, n_intents=intents, seed=seed), as_json)
+    summary = api.synth(out, overwrite, n_users=users, n_items=items, n_intents=intents, seed=seed)
+    emit(summary, as_json)
 
 
 def extra_options(args: list[str]) -> dict[str, str]:
@@ -411,48 +418,55 @@ def demo(
 ):
     """The quick start: prepare data/sample.csv, train, evaluate on test, recommend for 5 users."""
     use_threads(threads)
+    model_class(model)  # an unknown model fails before anything is written
+    if epochs < 1:
+        raise ConfigError(f"--epochs must be ≥ 1, got {epochs}")
     if not SAMPLE_LOG.is_file():
         raise ConfigError(
             f"{SAMPLE_LOG}: the bundled sample is missing; make it with 'recsys data synth --out {SAMPLE_LOG}'"
         )
-    data_dir, run_dir = out / "data", out / model
-    summary = api.prepare(
-        SAMPLE_LOG,
-        data_dir,
-        rating_col="rating",
-        time_col="timestamp",
-        min_rating=4,
-        split="random:0.8",
-        valid=0.1,
-        seed=0,
-    )
-    typer.echo(
-        f"dataset: {summary['users']} users, {summary['items']} items, {summary['interactions']}",
-        err=True,
-    )
-    for name in ("mostpop", model):
-        result = api.train(
+    claim_output(out, "demo", reuse=True)
+    with removed_on_failure(out):
+        write_marker(out, "demo")
+        data_dir, run_dir = out / "data", out / model
+        summary = api.prepare(
+            SAMPLE_LOG,
             data_dir,
-            out / name,
-            name,
-            {"epochs": epochs} if name == model else {},
             overwrite=True,
-            progress=False,
+            rating_col="rating",
+            time_col="timestamp",
+            min_rating=4,
+            split="random:0.8",
+            valid=0.1,
+            seed=0,
         )
         typer.echo(
-            f"{name:>9}  test "
-            + "  ".join(
-                f"{m} {result['test'][m]:.4f}"
-                for m in ("recall@20", "ndcg@20", "precision@20", "hit@20")
-            )
+            f"dataset: {summary['users']} users, {summary['items']} items, {summary['interactions']}",
+            err=True,
         )
-    trained = api.TrainedModel.load(run_dir)
-    users = trained.dataset.users.raw(range(5)).to_list()
-    recs = trained.recommend(users, k=10)
-    api.write_table(recs, out / "recommendations.csv")
-    typer.echo(
-        f"recommendations for {', '.join(map(str, users))} written to {out / 'recommendations.csv'}"
-    )
+        for name in ("mostpop", model):
+            result = api.train(
+                data_dir,
+                out / name,
+                name,
+                {"epochs": epochs} if name == model else {},
+                overwrite=True,
+                progress=False,
+            )
+            typer.echo(
+                f"{name:>9}  test "
+                + "  ".join(
+                    f"{m} {result['test'][m]:.4f}"
+                    for m in ("recall@20", "ndcg@20", "precision@20", "hit@20")
+                )
+            )
+        trained = api.TrainedModel.load(run_dir)
+        users = trained.dataset.users.raw(range(5)).to_list()
+        recs = trained.recommend(users, k=10)
+        api.write_table(recs, out / "recommendations.csv")
+        typer.echo(
+            f"recommendations for {', '.join(map(str, users))} written to {out / 'recommendations.csv'}"
+        )
 
 
 @app.command()
@@ -492,5 +506,48 @@ def benchmark(
     typer.echo(f"results in {out / 'results.md'}")
 
 
-def main() -> None:
-    app()
+def main(argv: list[str] | None = None) -> int:
+    """The console entry point: every outcome is a result, or one line `error: …` on stderr.
+
+    Exit codes: 0 success, 1 a bad input or artifact (recsys's own errors, unreadable or
+    unwritable paths, anything unexpected), 2 a malformed command line (unknown command or
+    option, a value of the wrong type), 130 interrupted. A traceback is printed only with
+    RECSYS_TRACEBACK=1, for bug reports.
+    """
+    try:
+        # Not standalone: click hands back typer.Exit's code instead of exiting.
+        result = app(args=argv, standalone_mode=False)
+        code = result if isinstance(result, int) else 0
+    except typer.Exit as e:  # from a command (user_errors) or --help
+        code = e.exit_code
+    except (typer.Abort, KeyboardInterrupt):
+        print("error: interrupted", file=sys.stderr)
+        code = 130
+    except typer.exceptions.TyperException as e:  # click's usage errors, as typer bundles them
+        ctx = getattr(e, "ctx", None)
+        where = f"{ctx.command_path}: " if ctx is not None else ""
+        print(f"error: {where}{one_line(e.format_message())}", file=sys.stderr)
+        code = getattr(e, "exit_code", 2)
+    except OSError as e:  # a path that cannot be read or written: name it, no traceback
+        name = f"{e.filename}: " if e.filename else ""
+        print(f"error: {name}{e.strerror or one_line(str(e))}", file=sys.stderr)
+        code = 1
+    except MemoryError:
+        print("error: out of memory; use a smaller --batch-size or --dim", file=sys.stderr)
+        code = 1
+    except Exception as e:  # a bug: still one line, with what a report needs
+        if os.environ.get("RECSYS_TRACEBACK"):
+            raise
+        print(
+            f"error: internal error {type(e).__name__}: {one_line(str(e))} "
+            "(rerun with RECSYS_TRACEBACK=1 and report it)",
+            file=sys.stderr,
+        )
+        code = 1
+    if argv is None:
+        sys.exit(code)
+    return code
+
+
+def one_line(text: str) -> str:
+    return " ".join(text.split())[:500]

@@ -31,7 +31,7 @@ from typing import Any
 
 import optuna
 
-from recsys.atomic import atomic_write, write_json
+from recsys.atomic import atomic_write, claim_output, write_json
 from recsys.data.dataset import Dataset
 from recsys.errors import ConfigError, RecsysError
 from recsys.evaluate import evaluate
@@ -130,7 +130,9 @@ def tune(
     derived = ("dataset", model_class(model).data_defaults(ds.train))
     # refuses bad options before any trial
     metric = resolve_config(model, derived, ("command line", fixed)).train.metric.lower()
-    out = claim_folder(Path(out), model, ds.fingerprint, overwrite)
+    out = claim_folder(Path(out), model, ds.fingerprint, overwrite, Path(dataset_dir))
+    if not (out / MARKER).is_file():  # marks the folder as a study from its first trial on
+        write_json(out / MARKER, {"model": model, "dataset_fingerprint": ds.fingerprint})
     url = storage or f"sqlite:///{(out / 'study.db').resolve()}"
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(
@@ -207,26 +209,18 @@ def tune(
     return summary
 
 
-def claim_folder(out: Path, model: str, fingerprint: str, overwrite: bool) -> Path:
+def claim_folder(out: Path, model: str, fingerprint: str, overwrite: bool, dataset: Path) -> Path:
     """`out`, made or reused: only an empty folder or a tuning folder of recsys's own."""
-    marker = out / MARKER
-    if out.exists() and not out.is_dir():
-        raise ConfigError(f"{out}: exists and is not a folder")
-    if out.is_dir() and any(out.iterdir()):
-        study = out / "study.db"
-        if not (marker.is_file() or study.is_file()):
+    holds = claim_output(out, "tuning", reuse=True, inputs=[dataset])
+    if holds and overwrite:
+        shutil.rmtree(out)
+    elif holds and (out / MARKER).is_file():
+        previous = json.loads((out / MARKER).read_text())
+        if (previous.get("model"), previous.get("dataset_fingerprint")) != (model, fingerprint):
             raise ConfigError(
-                f"{out}: exists and is not a recsys tuning folder; choose a new --out"
+                f"{out}: holds a study of {previous.get('model')!r} on another dataset or "
+                "model; pass --overwrite to replace it or choose a new --out"
             )
-        if overwrite:
-            shutil.rmtree(out)
-        elif marker.is_file():
-            previous = json.loads(marker.read_text())
-            if (previous.get("model"), previous.get("dataset_fingerprint")) != (model, fingerprint):
-                raise ConfigError(
-                    f"{out}: holds a study of {previous.get('model')!r} on another dataset or "
-                    "model; pass --overwrite to replace it or choose a new --out"
-                )
     out.mkdir(parents=True, exist_ok=True)
     return out
 

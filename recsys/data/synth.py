@@ -7,6 +7,8 @@ from dataclasses import dataclass
 import numpy as np
 import polars as pl
 
+from recsys.errors import ConfigError
+
 IN_INTENT_MASS = 0.92  # dominant intent's share of a user's preference; ~80% of draws land there
 ZIPF_EXPONENT = 1.2  # within-intent popularity 1/rank^s; top 10% of items get ~1/3 of interactions
 CELLS_PER_BLOCK = 4_000_000  # bounds the (users x items) key matrix to ~32 MB per block
@@ -26,6 +28,26 @@ class SynthLog:
     log: pl.DataFrame
     user_intent: np.ndarray
     item_intent: np.ndarray
+
+
+MAX_SCORED_PAIRS = 10**8  # every user is scored against every item: 400 MB of float32
+
+
+def check_synth_counts(n_users, n_items, n_intents, interactions_per_user, seed) -> None:
+    if n_users < 1 or n_items < 1 or n_intents < 1 or interactions_per_user < 1:
+        raise ConfigError(
+            f"users, items, intents and interactions per user must be ≥ 1, got {n_users}, "
+            f"{n_items}, {n_intents}, {interactions_per_user}"
+        )
+    if n_intents > n_items:
+        raise ConfigError(f"intents ({n_intents}) must not exceed items ({n_items})")
+    if n_users * n_items > MAX_SCORED_PAIRS:
+        raise ConfigError(
+            f"users × items = {n_users * n_items:.3g} exceeds {MAX_SCORED_PAIRS:.0e} "
+            "(the generator scores every pair): lower --users or --items"
+        )
+    if not 0 <= seed < 2**32:
+        raise ConfigError(f"seed must be in [0, 2³²), got {seed}")
 
 
 def synth_log(
@@ -56,6 +78,7 @@ def synth_log(
     Returns:
         The log and the planted user and item intents.
     """
+    check_synth_counts(n_users, n_items, n_intents, interactions_per_user, seed)
     rng = np.random.default_rng(seed)
     item_intent = rng.permutation(np.arange(n_items) % n_intents)
     user_intent = rng.integers(n_intents, size=n_users)

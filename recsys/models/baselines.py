@@ -99,15 +99,23 @@ class ImplicitFactors(Recommender):
 @dataclass
 class ALSParams:
     dim: int = field(
-        default=64, metadata={"help": "number of latent factors", "aliases": ("factors",)}
+        default=64,
+        metadata={
+            "help": "number of latent factors",
+            "aliases": ("factors",),
+            "min": 1,
+            "max": 4096,
+        },
     )
     reg: float = field(
         default=0.01,
-        metadata={"help": "L2 weight λ on the factors", "aliases": ("regularization",)},
+        metadata={"help": "L2 weight λ on the factors", "aliases": ("regularization",), "min": 0},
     )
-    alpha: float = field(default=10.0, metadata={"help": "confidence weight α: c_ui = 1 + α r_ui"})
+    alpha: float = field(
+        default=10.0, metadata={"help": "confidence weight α: c_ui = 1 + α r_ui", "min": 0}
+    )
     iterations: int = field(
-        default=15, metadata={"help": "alternating sweeps over users and items"}
+        default=15, metadata={"help": "alternating sweeps over users and items", "min": 1}
     )
 
 
@@ -135,18 +143,20 @@ class BPRParams:
         metadata={
             "help": "number of latent factors (plus one bias column)",
             "aliases": ("factors",),
+            "min": 1,
+            "max": 4096,
         },
     )
     reg: float = field(
         default=1e-3,
-        metadata={"help": "L2 weight λ on the factors", "aliases": ("regularization",)},
+        metadata={"help": "L2 weight λ on the factors", "aliases": ("regularization",), "min": 0},
     )
     # Not `lr`: that key is the shared loop's Adam learning rate, and keys form one namespace.
     learning_rate: float = field(
-        default=0.01, metadata={"help": "SGD learning rate of implicit's BPR"}
+        default=0.01, metadata={"help": "SGD learning rate of implicit's BPR", "above": 0}
     )
     iterations: int = field(
-        default=200, metadata={"help": "SGD epochs over the training interactions"}
+        default=200, metadata={"help": "SGD epochs over the training interactions", "min": 1}
     )
 
 

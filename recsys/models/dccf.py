@@ -61,11 +61,16 @@ REG_TIMES_DENSITY = 160.0
 
 @dataclass
 class DCCFParams:
-    dim: int = field(default=32, metadata={"help": "embedding size d", "min": 1})
-    layers: int = field(default=2, metadata={"help": "propagation layers L", "min": 1})
+    dim: int = field(default=32, metadata={"help": "embedding size d", "min": 1, "max": 4096})
+    layers: int = field(default=2, metadata={"help": "propagation layers L", "min": 1, "max": 10})
     intents: int = field(
         default=128,
-        metadata={"help": "intent prototypes K per side", "aliases": ("n_intents",), "min": 1},
+        metadata={
+            "help": "intent prototypes K per side",
+            "aliases": ("n_intents",),
+            "min": 1,
+            "max": 4096,
+        },
     )
     reg: float = field(
         default=4.0,

@@ -60,31 +60,38 @@ CL_TIMES_DENSITY_SQUARED = 3.7
 
 @dataclass
 class LightGCLParams:
-    dim: int = field(default=64, metadata={"help": "embedding size d"})
-    layers: int = field(default=2, metadata={"help": "propagation layers L"})
+    dim: int = field(default=64, metadata={"help": "embedding size d", "min": 1, "max": 4096})
+    layers: int = field(default=2, metadata={"help": "propagation layers L", "min": 1, "max": 10})
     svd_rank: int = field(
-        default=5, metadata={"help": "rank q of the truncated SVD", "aliases": ("q",)}
+        default=5, metadata={"help": "rank q of the truncated SVD", "aliases": ("q",), "min": 1}
     )
     cl_weight: float = field(
         default=0.2,
         metadata={
             "help": f"InfoNCE weight λ1 [{CL_TIMES_DENSITY_SQUARED:g} / (interactions per user)²]",
             "aliases": ("lambda1",),
+            "min": 0,
         },
     )
     temperature: float = field(
-        default=0.2, metadata={"help": "InfoNCE temperature τ", "aliases": ("temp",)}
+        default=0.2, metadata={"help": "InfoNCE temperature τ", "aliases": ("temp",), "min": 0.025}
     )
     weight_decay: float = field(
-        default=1e-5, metadata={"help": "λ2 on ‖Θ‖², all parameters", "aliases": ("lambda2",)}
+        default=1e-5,
+        metadata={"help": "λ2 on ‖Θ‖², all parameters", "aliases": ("lambda2",), "min": 0},
     )
-    dropout: float = field(default=0.0, metadata={"help": "edge dropout rate on the main view"})
+    dropout: float = field(
+        default=0.0, metadata={"help": "edge dropout rate on the main view", "min": 0, "below": 1}
+    )
     negatives: str = field(
         default="sampled",
-        metadata={"help": "InfoNCE negatives: all (the paper's exact loss) | batch | sampled"},
+        metadata={
+            "help": "InfoNCE negatives: all (the paper's exact loss) | batch | sampled",
+            "choices": ("all", "batch", "sampled"),
+        },
     )
     num_negatives: int = field(
-        default=1024, metadata={"help": "M nodes drawn per step when negatives=sampled"}
+        default=1024, metadata={"help": "M nodes drawn per step when negatives=sampled", "min": 1}
     )
 
 
@@ -107,8 +114,6 @@ class LightGCL(EmbeddingRecommender):
 
     def __init__(self, n_users, n_items, params, graph, generator):
         super().__init__(n_users, n_items, params, graph, generator)
-        if params.negatives not in ("all", "batch", "sampled"):
-            raise ConfigError(f"negatives must be all, batch or sampled, got {params.negatives!r}")
         if params.temperature < 0.025:
             raise ConfigError(
                 f"temperature must be at least 0.025 (float32 range of exp(-2/τ)), got {params.temperature}"

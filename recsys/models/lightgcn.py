@@ -24,13 +24,19 @@ from recsys.models.base import Batch, EmbeddingRecommender, Search, bpr_loss, l2
 
 @dataclass
 class LightGCNParams:
-    dim: int = field(default=64, metadata={"help": "embedding size d"})
-    layers: int = field(default=3, metadata={"help": "propagation layers K"})
+    dim: int = field(default=64, metadata={"help": "embedding size d", "min": 1, "max": 4096})
+    layers: int = field(default=3, metadata={"help": "propagation layers K", "min": 1, "max": 10})
     reg: float = field(
         default=1e-4,
-        metadata={"help": "L2 weight λ on the batch's ego embeddings", "aliases": ("emb_reg",)},
+        metadata={
+            "help": "L2 weight λ on the batch's ego embeddings",
+            "aliases": ("emb_reg",),
+            "min": 0,
+        },
     )
-    dropout: float = field(default=0.0, metadata={"help": "edge dropout rate during training"})
+    dropout: float = field(
+        default=0.0, metadata={"help": "edge dropout rate during training", "min": 0, "below": 1}
+    )
 
 
 class LightGCN(EmbeddingRecommender):

@@ -17,10 +17,10 @@ from recsys.models.base import Batch, EmbeddingRecommender, Search, bpr_loss, l2
 
 @dataclass
 class MFParams:
-    dim: int = field(default=64, metadata={"help": "embedding size d"})
+    dim: int = field(default=64, metadata={"help": "embedding size d", "min": 1, "max": 4096})
     reg: float = field(
         default=1e-4,
-        metadata={"help": "L2 weight on the batch's embeddings", "aliases": ("emb_reg",)},
+        metadata={"help": "L2 weight on the batch's embeddings", "aliases": ("emb_reg",), "min": 0},
     )
 
 

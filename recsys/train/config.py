@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -35,7 +36,8 @@ class TrainParams:
         default="edge",
         metadata={
             "help": "edge: each training interaction once per epoch | user: users equally often, "
-            "a random positive each (the LightGCN/DCCF reference protocol)"
+            "a random positive each (the LightGCN/DCCF reference protocol)",
+            "choices": BPRSampler.MODES,
         },
     )
     lr: float = field(default=5e-3, metadata={"help": "Adam learning rate", "above": 0})
@@ -60,8 +62,17 @@ class TrainParams:
     eval_k: list[int] = field(
         default_factory=lambda: [10, 20, 40], metadata={"help": "cut-offs K for evaluation"}
     )
-    device: str = field(default="auto", metadata={"help": "auto | cpu | cuda"})
-    seed: int = field(default=0, metadata={"help": "seed for initialisation, sampling and dropout"})
+    device: str = field(
+        default="auto", metadata={"help": "auto | cpu | cuda", "choices": ("auto", "cpu", "cuda")}
+    )
+    seed: int = field(
+        default=0,
+        metadata={
+            "help": "seed for initialisation, sampling and dropout",
+            "min": 0,
+            "max": 2**32 - 1,
+        },
+    )
     max_minutes: float = field(
         default=0.0, metadata={"help": "stop training after this wall time (0: no limit)", "min": 0}
     )
@@ -100,7 +111,10 @@ def _coerce(value: Any, f: dataclasses.Field, key: str, source: str) -> Any:
     try:
         if kind.startswith("list"):
             items = value if isinstance(value, list) else str(value).split(",")
-            return [int(x) for x in items]
+            numbers = [int(x) for x in items]
+            if not numbers or min(numbers) < 1:
+                raise ValueError
+            return numbers
         if kind == "bool":
             if isinstance(value, bool):
                 return value
@@ -110,23 +124,36 @@ def _coerce(value: Any, f: dataclasses.Field, key: str, source: str) -> Any:
                 return False
             raise ValueError
         if kind == "int":
-            if isinstance(value, float) and not value.is_integer():
+            if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
                 raise ValueError
             return int(value)
         if kind == "float":
-            return float(value)
+            number = float(value)
+            if not math.isfinite(number):
+                raise ValueError
+            return number
+        if isinstance(value, (dict, list)):
+            raise ValueError
         return str(value)
     except (TypeError, ValueError):
         raise ConfigError(f"{source}: option {key!r} expects {kind}, got {value!r}") from None
 
 
 def _check_bounds(value: Any, f: dataclasses.Field, key: str, source: str) -> Any:
-    """Field metadata "min" (inclusive) and "above" (exclusive) bound numeric options."""
-    low, above = f.metadata.get("min"), f.metadata.get("above")
-    if low is not None and value < low:
-        raise ConfigError(f"{source}: option {key!r} must be ≥ {low}, got {value!r}")
-    if above is not None and value <= above:
-        raise ConfigError(f"{source}: option {key!r} must be > {above}, got {value!r}")
+    """Field metadata bounds an option: "min"/"max" (inclusive), "above"/"below" (exclusive),
+    "choices" (a tuple of allowed strings)."""
+    meta = f.metadata
+    checks = (("min", lambda b: value >= b, "≥"), ("max", lambda b: value <= b, "≤"),
+              ("above", lambda b: value > b, ">"), ("below", lambda b: value < b, "<"))  # fmt: skip
+    for name, ok, sign in checks:
+        if meta.get(name) is not None and not ok(meta[name]):
+            raise ConfigError(
+                f"{source}: option {key!r} must be {sign} {meta[name]}, got {value!r}"
+            )
+    if "choices" in meta and value not in meta["choices"]:
+        raise ConfigError(
+            f"{source}: option {key!r} must be one of {', '.join(meta['choices'])}, got {value!r}"
+        )
     return value
 
 
@@ -145,12 +172,7 @@ def resolve_config(model: str, *layers: tuple[str, dict[str, Any]]) -> RunConfig
                 )
             section, f = table[norm]
             values[section][f.name] = _check_bounds(_coerce(value, f, key, source), f, key, source)
-    train = TrainParams(**values["train"])
-    if train.sampling not in BPRSampler.MODES:
-        raise ConfigError(
-            f"option 'sampling' must be one of {', '.join(BPRSampler.MODES)}, got {train.sampling!r}"
-        )
-    return RunConfig(model, train, cls.Params(**values["params"]))
+    return RunConfig(model, TrainParams(**values["train"]), cls.Params(**values["params"]))
 
 
 def read_config_file(path: str | Path) -> dict[str, Any]:

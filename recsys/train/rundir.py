@@ -36,6 +36,10 @@ class RunDir:
     def exists(self) -> bool:
         return self.config.is_file()
 
+    def started(self) -> bool:
+        """Whether training got as far as a first saved state (a checkpoint or a result)."""
+        return any(p.is_file() for p in (self.checkpoint, self.best, self.summary))
+
     def read_config(self) -> dict:
         if not self.exists():
             raise RunError(
