@@ -6,7 +6,8 @@ The CLI and the notebook call these and nothing below them.
     >>> api.prepare("data/sample.csv", "runs/sample-data", rating_col="rating", min_rating=4)
     >>> api.train("runs/sample-data", "runs/lgcn", "lightgcn", {"epochs": 20})
     >>> api.evaluate_run("runs/lgcn", split="test")["metrics"]["recall@20"]
-    >>> TrainedModel.load("runs/lgcn").recommend(["u0001", "u0002"], k=10)
+    >>> TrainedModel.load("runs/lgcn").recommend(["u0001", "u0002"], k=10)  # a table
+    >>> Model.load("runs/lgcn").recommend_history(["i0007", "i0042"], k=10)  # (ids, scores)
 """
 
 from __future__ import annotations
@@ -27,8 +28,9 @@ from recsys.data.prepare import describe, prepare_dataset
 from recsys.data.synth import synth_log
 from recsys.errors import ConfigError, RunError
 from recsys.evaluate import evaluate, metrics_by_degree
-from recsys.index import build_index, load_index, search
 from recsys.models import model_class
+from recsys.serving import Model
+from recsys.serving import build_run_index as build_run_index  # `recsys index build`
 from recsys.train import loop
 from recsys.train.config import RunConfig, read_config_file, resolve_config
 from recsys.train.rundir import RunDir
@@ -148,7 +150,7 @@ def resume_run(run, ds, dataset_dir, model, options, config_file, progress) -> d
         raise RunError(f"{run.path}: has no checkpoint to resume; start it again without --resume")
     requested = read_config_file(config_file) if config_file else {}
     requested.pop("model", None)
-    before = RunConfig.from_dict(saved)
+    before = run.run_config()
     config = resolve_config(
         saved["model"],
         ("config.json", {**saved["train"], **saved["params"]}),
@@ -181,9 +183,11 @@ def evaluate_run(
 ) -> dict:
     """Full-ranking metrics of a finished run on one split (training items always excluded;
     validation items too when testing with `exclude_valid`)."""
+    if split not in ("valid", "test"):
+        raise ConfigError(f"--split must be valid or test, got {split!r}")
     run = RunDir(run_dir)
     ds = run.load_dataset(dataset_dir)
-    users, items = run.load_embeddings()
+    users, items = run.load_embeddings(ds)
     seen = ds.train
     if exclude_valid and split == "test" and ds.valid is not None:
         seen = ds.train + ds.valid
@@ -195,30 +199,29 @@ def evaluate_run(
 
 
 class TrainedModel:
-    """A finished run, ready to serve: raw ids in, top-k raw ids out, seen items excluded."""
+    """A finished run, ready to serve, as a table: a thin wrapper of `recsys.serving.Model`.
 
-    def __init__(self, run: RunDir, ds: Dataset, user_emb: np.ndarray, item_emb: np.ndarray, index):
-        self.run, self.dataset, self.user_emb, self.item_emb, self.index = (
-            run,
-            ds,
-            user_emb,
-            item_emb,
-            index,
-        )
+    `recommend` returns one row per (user, rank); everything else (`recommend_history`,
+    `similar_items`, `save`, `dataset`, `index`, ...) is the wrapped Model's.
+    """
+
+    def __init__(self, model: Model):
+        self.model = model
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.model, name)
 
     @classmethod
     def load(cls, run_dir: str | Path, index_kind: str = "flat") -> TrainedModel:
-        run = RunDir(run_dir)
-        ds = run.load_dataset()
-        users, items = run.load_embeddings()
-        index = load_index(run.index) if index_kind == "flat" else build_index(items, index_kind)
-        return cls(run, ds, users, items, index)
+        return cls(Model.load(run_dir, index_kind))
 
     def recommend(self, user_ids: list, k: int = 20, explain: bool = False) -> pl.DataFrame:
-        """One row per (user, rank): user_id, rank (1-based), item_id, score[, explanation]."""
+        """One row per (user, rank): user_id, rank (1-based), item_id, score[, explanation].
+
+        Train and valid items are excluded."""
         user_idx = self.dataset.users.index(user_ids)
-        items, scores = search(self.index, self.user_emb[user_idx], k, self.dataset.train, user_idx)
-        valid = items >= 0
+        ids, scores = self.model.recommend(list(user_ids), k)
+        valid = np.isfinite(scores)
         rows = np.repeat(np.arange(len(user_idx)), valid.sum(1))
         frame = pl.DataFrame(
             {
@@ -226,11 +229,13 @@ class TrainedModel:
                 "rank": np.concatenate([np.arange(1, n + 1) for n in valid.sum(1)]).astype(np.int32)
                 if len(rows)
                 else np.zeros(0, np.int32),
-                "item_id": self.dataset.items.raw(items[valid]),
+                "item_id": pl.Series(ids[valid].tolist(), dtype=self.dataset.items.ids.dtype),
                 "score": scores[valid],
             }
         )
         if explain:
+            items = np.where(valid, 0, -1)
+            items[valid] = self.dataset.items.index(frame["item_id"])
             notes = self.explain(user_idx, items)
             frame = frame.with_columns(
                 pl.Series(

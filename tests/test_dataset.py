@@ -120,7 +120,40 @@ def test_fingerprint_changes_when_one_interaction_changes(tmp_path, log_csv):
 def test_load_rejects_tampered_files(tmp_path, log_csv):
     prepare(log_csv, split="last:1", valid=0).save(tmp_path / "ds")
     write(tmp_path / "ds" / "users.parquet", "junk")
-    with pytest.raises(DataError, match=r"ds: unreadable dataset folder \("):
+    with pytest.raises(DataError, match=r"ds/users.parquet: unreadable \(parquet"):
+        Dataset.load(tmp_path / "ds")
+
+
+def damaged_copy(tmp_path, log_csv, **changes):
+    """A dataset folder whose splits.npz arrays are replaced by `changes`."""
+    prepare(log_csv, split="last:1", valid=0).save(tmp_path / "ds")
+    with np.load(tmp_path / "ds" / "splits.npz") as z:
+        arrays = dict(z) | changes
+    np.savez(tmp_path / "ds" / "splits.npz", **arrays)
+    return tmp_path / "ds"
+
+
+@pytest.mark.parametrize(
+    "changes, message",
+    [
+        ({"train_indptr": np.array([0, 3, 1, 4])}, "train split indptr is not a non-decreasing"),
+        ({"train_indptr": np.array([0, 2, 3])}, "train split indptr has 3 entries, expected 4"),
+        ({"train_indices": np.array([0, 1, 9, 1])}, r"train split item indices outside \[0, 4\)"),
+        ({"train_indices": np.array([0.0, 1, 1, 0])}, "train split arrays are not 1-d integers"),
+        ({"shape": np.array([3, 5])}, "'shape' does not match dataset.json"),
+    ],
+)
+def test_load_refuses_a_broken_csr_before_scipy_sees_it(tmp_path, log_csv, changes, message):
+    # A broken indptr with a matching fingerprint used to crash scipy ("double free").
+    with pytest.raises(DataError, match=f"splits.npz.*{message}"):
+        Dataset.load(damaged_copy(tmp_path, log_csv, **changes))
+
+
+@pytest.mark.parametrize("header", ["[]", "{}", '{"n_users": "3"}', "[" * 5000, ""])
+def test_load_refuses_a_malformed_header(tmp_path, log_csv, header):
+    prepare(log_csv, split="last:1", valid=0).save(tmp_path / "ds")
+    write(tmp_path / "ds" / "dataset.json", header)
+    with pytest.raises(DataError, match="ds/dataset.json: "):
         Dataset.load(tmp_path / "ds")
 
 

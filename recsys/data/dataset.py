@@ -15,7 +15,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import polars as pl
 import scipy.sparse as sp
 
 from recsys.atomic import atomic_dir
@@ -112,31 +111,106 @@ class Dataset:
 
     @classmethod
     def load(cls, path: str | Path) -> Dataset:
+        """Read a dataset folder, checking every array before use: a damaged or hand-edited
+        folder is a one-line DataError naming the file, never a crash."""
         path = Path(path)
         header_path = path / "dataset.json"
         if not header_path.is_file():
             raise DataError(
                 f"{path}: not a dataset folder (no dataset.json); make one with 'recsys data prepare'"
             )
-        try:
-            header = json.loads(header_path.read_text())
-            with np.load(path / "splits.npz", allow_pickle=False) as z:
-                arrays = dict(z)
-            users = IdMap.load(path / "users.parquet", "user")
-            items = IdMap.load(path / "items.parquet", "item")
-            shape = tuple(int(x) for x in arrays["shape"])
-        except (OSError, ValueError, KeyError, pl.exceptions.PolarsError) as e:
-            reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            raise DataError(f"{path}: unreadable dataset folder ({reason})") from None
+        header = read_header(header_path)
+        arrays = read_arrays(path / "splits.npz")
+        users = read_ids(path / "users.parquet", "user")
+        items = read_ids(path / "items.parquet", "item")
+        shape = (header["n_users"], header["n_items"])
+        if (len(users), len(items)) != shape:
+            raise DataError(
+                f"{path}: users.parquet/items.parquet hold {len(users)}/{len(items)} ids, "
+                f"dataset.json says {shape[0]}/{shape[1]}"
+            )
+        if arrays.get("shape") is None or arrays["shape"].tolist() != list(shape):
+            raise DataError(f"{path / 'splits.npz'}: 'shape' does not match dataset.json {shape}")
         mats = {}
         for name in SPLITS:
-            if f"{name}_indptr" in arrays:
-                indices = arrays[f"{name}_indices"]
-                data = np.ones(len(indices), np.float32)
-                mats[name] = sp.csr_matrix((data, indices, arrays[f"{name}_indptr"]), shape=shape)
-            else:
+            if f"{name}_indptr" not in arrays:
                 mats[name] = None
+                continue
+            indptr, indices = check_csr(path / "splits.npz", name, arrays, shape)
+            if header["splits"].get(name) not in (None, len(indices)):
+                raise DataError(
+                    f"{path / 'splits.npz'}: {name} split holds {len(indices)} interactions, "
+                    f"dataset.json says {header['splits'][name]}"
+                )
+            data = np.ones(len(indices), np.float32)
+            mats[name] = sp.csr_matrix((data, indices, indptr), shape=shape)
+        if mats["train"] is None:
+            raise DataError(f"{path / 'splits.npz'}: has no train split")
         ds = cls(mats["train"], mats["valid"], mats["test"], users, items, header.get("meta", {}))
-        if ds.fingerprint != header.get("fingerprint"):
+        if ds.fingerprint != header["fingerprint"]:
             raise DataError(f"{path}: dataset files do not match the fingerprint in dataset.json")
         return ds
+
+
+def read_header(path: Path) -> dict:
+    try:
+        header = json.loads(path.read_bytes())
+    except (OSError, ValueError, RecursionError) as e:
+        raise DataError(f"{path}: unreadable ({first_line(e)})") from None
+    need = {"n_users": int, "n_items": int, "fingerprint": str, "splits": dict}
+    if not isinstance(header, dict) or any(
+        not isinstance(header.get(k), t) for k, t in need.items()
+    ):
+        raise DataError(f"{path}: not a recsys dataset header (needs {', '.join(need)})")
+    if min(header["n_users"], header["n_items"]) < 0:
+        raise DataError(f"{path}: negative user or item count")
+    if not isinstance(header.get("meta", {}), dict):
+        raise DataError(f"{path}: 'meta' is not an object")
+    return header
+
+
+def read_arrays(path: Path) -> dict[str, np.ndarray]:
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            return {name: z[name] for name in z.files}
+    except Exception as e:  # zip, npy header, pickle refusal: all mean a damaged file
+        raise DataError(f"{path}: unreadable ({first_line(e)})") from None
+
+
+def read_ids(path: Path, name: str) -> IdMap:
+    try:
+        return IdMap.load(path, name)
+    except DataError as e:
+        raise DataError(f"{path}: {e}") from None
+    except Exception as e:  # polars' parquet errors, a missing 'id' column
+        raise DataError(f"{path}: unreadable ({first_line(e)})") from None
+
+
+def check_csr(path: Path, name: str, arrays: dict, shape: tuple[int, int]):
+    """`name`'s indptr and indices, refused unless they form a valid CSR of `shape` (scipy
+    trusts them, and a broken indptr crashes native code)."""
+    indptr, indices = arrays[f"{name}_indptr"], arrays.get(f"{name}_indices")
+    problem = None
+    if indices is None:
+        problem = "has no indices"
+    elif (
+        indptr.ndim != 1
+        or indices.ndim != 1
+        or indptr.dtype.kind not in "iu"
+        or indices.dtype.kind not in "iu"
+    ):
+        problem = "arrays are not 1-d integers"
+    elif len(indptr) != shape[0] + 1:
+        problem = f"indptr has {len(indptr)} entries, expected {shape[0] + 1}"
+    elif indptr[0] != 0 or indptr[-1] != len(indices) or np.any(np.diff(indptr) < 0):
+        problem = "indptr is not a non-decreasing run from 0 to the number of indices"
+    elif len(indices) and (indices.min() < 0 or indices.max() >= shape[1]):
+        problem = f"item indices outside [0, {shape[1]})"
+    if problem:
+        raise DataError(f"{path}: {name} split {problem}")
+    return indptr.astype(np.int64), indices.astype(np.int32)
+
+
+def first_line(e: Exception) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0][:200] if text else type(e).__name__

@@ -125,8 +125,13 @@ def id_column(values: pl.Series, path: Path, where: str, first_line: int) -> pl.
     if values.null_count():
         line = first_line + int(values.is_null().arg_true()[0])
         raise DataError(f"{path}: {where} {line}: empty {values.name}")
+    if values.dtype.is_nested() or values.dtype == pl.Object:
+        raise DataError(f"{path}: column {values.name!r} holds {values.dtype} values, not ids")
     if values.dtype.is_integer():
-        return values.cast(pl.Int64)
+        as_int = values.cast(pl.Int64, strict=False)
+        if as_int.null_count() == 0:
+            return as_int
+        # beyond int64 (uint64 ids): kept exact as text
     text = values.cast(pl.String)
     as_int = text.cast(pl.Int64, strict=False)
     # Only ids that print back identically are integers: '007' and '7' must stay distinct.
@@ -145,9 +150,14 @@ def number_column(
     """
     if values.dtype.is_numeric():
         numbers = values
-    elif values.dtype.is_temporal():
+    elif values.dtype in (pl.Date, pl.Datetime) or isinstance(values.dtype, pl.Datetime):
         # Parquet logs often store datetimes; splits only need their order, so epoch seconds.
         return values.dt.epoch("s").rename(field)
+    elif values.dtype.is_temporal() or values.dtype.is_nested():
+        raise DataError(
+            f"{path}: column {values.name!r} holds {values.dtype} values; it needs numbers, dates or "
+            "datetimes"
+        )
     else:
         text = values.cast(pl.String).str.strip_chars()
         numbers = text.cast(pl.Int64, strict=False)
@@ -227,7 +237,9 @@ def lightgcn_interactions(path: Path) -> tuple[pl.DataFrame, pl.Series]:
         text = path.read_text()
     except (OSError, UnicodeDecodeError) as e:
         raise DataError(f"{path}: not a readable lightgcn file ({e})") from None
-    lines = pl.DataFrame({"tokens": pl.Series(text.splitlines()).str.extract_all(r"\S+")})
+    lines = pl.DataFrame(
+        {"tokens": pl.Series(text.splitlines(), dtype=pl.String).str.extract_all(r"\S+")}
+    )
     lines = lines.with_row_index("line", offset=1).filter(pl.col("tokens").list.len() > 0)
     if lines.height == 0:
         raise DataError(f"{path}: no interactions")

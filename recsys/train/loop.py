@@ -93,12 +93,15 @@ def train(
     optimizer = torch.optim.Adam(model.parameters(), lr=opts.lr) if model.trainable else None
     if resume:
         ckpt = run.load_torch(run.checkpoint, device)
-        model.load_state_dict(ckpt["model"])
-        if optimizer is not None:
-            optimizer.load_state_dict(ckpt["optimizer"])
-        state = ckpt["state"]
-        rng.bit_generator.state = ckpt["numpy_rng"]
-        generator.set_state(ckpt["torch_rng"].cpu())
+        run.load_weights(model, run.checkpoint, ckpt.get("model"))
+        try:
+            if optimizer is not None:
+                optimizer.load_state_dict(ckpt["optimizer"])
+            state = {**state, **ckpt["state"]}
+            rng.bit_generator.state = ckpt["numpy_rng"]
+            generator.set_state(ckpt["torch_rng"].cpu())
+        except (KeyError, TypeError, ValueError, RuntimeError, AttributeError) as e:
+            raise RunError(f"{run.checkpoint}: damaged training state ({e!r:.200})") from None
         run.truncate_metrics(state["epoch"])
         log.info("resuming %s from epoch %d", run.path, state["epoch"])
     else:
@@ -282,7 +285,7 @@ def finish(
     model: Recommender, graph, ds: Dataset, run: RunDir, state: dict, opts, test: bool = True
 ) -> dict:
     """Restore the best weights, then write embeddings, index and the final summary."""
-    model.load_state_dict(run.load_torch(run.best, graph.device))
+    run.load_weights(model, run.best)
     model.eval()
     users, items = (t.float().cpu().numpy() for t in model.final_embeddings(graph))
     run.save_embeddings(users, items)

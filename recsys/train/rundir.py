@@ -18,8 +18,8 @@ import numpy as np
 import torch
 
 from recsys.atomic import atomic_write, write_json
-from recsys.data.dataset import Dataset
-from recsys.errors import RunError
+from recsys.data.dataset import Dataset, first_line
+from recsys.errors import ConfigError, RunError
 
 
 class RunDir:
@@ -41,11 +41,32 @@ class RunDir:
         return any(p.is_file() for p in (self.checkpoint, self.best, self.summary))
 
     def read_config(self) -> dict:
+        """config.json, checked for the sections every reader relies on."""
         if not self.exists():
             raise RunError(
                 f"{self.path}: not a run directory (no config.json); make one with 'recsys train'"
             )
-        return json.loads(self.config.read_text())
+        try:
+            config = json.loads(self.config.read_bytes())
+        except (OSError, ValueError, RecursionError) as e:
+            raise RunError(f"{self.config}: unreadable ({first_line(e)})") from None
+        shape = {"model": str, "train": dict, "params": dict, "dataset": dict}
+        if not isinstance(config, dict) or any(
+            not isinstance(config.get(k), t) for k, t in shape.items()
+        ):
+            raise RunError(f"{self.config}: not a recsys run config (needs {', '.join(shape)})")
+        if not all(isinstance(config["dataset"].get(k), str) for k in ("path", "fingerprint")):
+            raise RunError(f"{self.config}: 'dataset' needs its path and fingerprint")
+        return config
+
+    def run_config(self):
+        """The run's resolved configuration; bad values name config.json."""
+        from recsys.train.config import RunConfig
+
+        try:
+            return RunConfig.from_dict(self.read_config())
+        except ConfigError as e:
+            raise RunError(f"{self.config}: {e}") from None
 
     def write_config(self, config: dict) -> None:
         write_json(self.config, config)
@@ -68,9 +89,19 @@ class RunDir:
     def read_metrics(self) -> list[dict]:
         if not self.metrics_log.is_file():
             return []
-        return [
-            json.loads(line) for line in self.metrics_log.read_text().splitlines() if line.strip()
-        ]
+        rows = []
+        for n, line in enumerate(self.metrics_log.read_bytes().splitlines(), 1):
+            try:
+                row = json.loads(line) if line.strip() else None
+            except ValueError:
+                row = {}
+            if row is not None and not (
+                isinstance(row, dict) and isinstance(row.get("epoch"), int)
+            ):
+                raise RunError(f"{self.metrics_log}: line {n} is not an epoch record")
+            if row is not None:
+                rows.append(row)
+        return rows
 
     def truncate_metrics(self, last_epoch: int) -> None:
         """Drop log lines after `last_epoch` (written after the checkpoint a resume starts from)."""
@@ -83,9 +114,35 @@ class RunDir:
         atomic_write(target, lambda p: torch.save(obj, p))
 
     def load_torch(self, target: Path, device: torch.device | str = "cpu") -> dict:
+        """A checkpoint, read without unpickling code (weights_only)."""
         if not target.is_file():
             raise RunError(f"{target}: missing; the run did not finish a checkpoint")
-        return torch.load(target, map_location=device, weights_only=True)
+        try:
+            found = torch.load(target, map_location=device, weights_only=True)
+        except Exception as e:  # truncated zip, foreign pickle, wrong format
+            raise RunError(f"{target}: unreadable checkpoint ({first_line(e)})") from None
+        if not isinstance(found, dict):
+            raise RunError(f"{target}: not a recsys checkpoint")
+        return found
+
+    def load_weights(self, model: torch.nn.Module, target: Path, state: dict | None = None) -> None:
+        """Put `target`'s weights (or its `state` already read) into `model`, refusing keys
+        or shapes that do not match and values that are not finite."""
+        state = (
+            self.load_torch(target, next(model.parameters(), torch.empty(0)).device)
+            if state is None
+            else state
+        )
+        try:
+            model.load_state_dict(state)
+        except (RuntimeError, TypeError, AttributeError) as e:
+            raise RunError(f"{target}: does not fit the model ({first_line(e)})") from None
+        if any(
+            not torch.isfinite(t).all()
+            for t in model.state_dict().values()
+            if t.is_floating_point()
+        ):
+            raise RunError(f"{target}: holds non-finite weights")
 
     def save_embeddings(self, users: np.ndarray, items: np.ndarray) -> None:
         def write(p: Path) -> None:
@@ -94,11 +151,28 @@ class RunDir:
 
         atomic_write(self.embeddings, write)
 
-    def load_embeddings(self) -> tuple[np.ndarray, np.ndarray]:
+    def load_embeddings(self, ds: Dataset | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """User and item embeddings, checked: 2-d, finite, one dimension, and (given the
+        dataset) one row per user and per item."""
         if not self.embeddings.is_file():
             raise RunError(f"{self.embeddings}: missing; the run has not finished training")
-        with np.load(self.embeddings, allow_pickle=False) as z:
-            return z["users"], z["items"]
+        try:
+            with np.load(self.embeddings, allow_pickle=False) as z:
+                users, items = z["users"], z["items"]
+        except Exception as e:
+            raise RunError(f"{self.embeddings}: unreadable ({first_line(e)})") from None
+        problem = None
+        if users.ndim != 2 or items.ndim != 2 or users.dtype.kind != "f" or items.dtype.kind != "f":
+            problem = "arrays are not 2-d floats"
+        elif users.shape[1] != items.shape[1]:
+            problem = f"user and item dimensions differ ({users.shape[1]} vs {items.shape[1]})"
+        elif ds is not None and (len(users), len(items)) != (ds.n_users, ds.n_items):
+            problem = f"{len(users)} users × {len(items)} items, the dataset has {ds.n_users} × {ds.n_items}"
+        elif not (np.isfinite(users).all() and np.isfinite(items).all()):
+            problem = "holds NaN or infinite values"
+        if problem:
+            raise RunError(f"{self.embeddings}: {problem}")
+        return users.astype(np.float32, copy=False), items.astype(np.float32, copy=False)
 
     def write_summary(self, summary: dict) -> None:
         write_json(self.summary, summary)
@@ -106,4 +180,10 @@ class RunDir:
     def read_summary(self) -> dict:
         if not self.summary.is_file():
             raise RunError(f"{self.summary}: missing; the run has not finished training")
-        return json.loads(self.summary.read_text())
+        try:
+            summary = json.loads(self.summary.read_bytes())
+        except (OSError, ValueError, RecursionError) as e:
+            raise RunError(f"{self.summary}: unreadable ({first_line(e)})") from None
+        if not isinstance(summary, dict):
+            raise RunError(f"{self.summary}: not a recsys summary")
+        return summary
