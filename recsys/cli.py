@@ -338,7 +338,9 @@ def recommend(
     output: Path | None = typer.Option(
         None, help="write .csv, .parquet or .json instead of printing"
     ),
-    index: str = typer.Option("flat", help="flat (exact) | ivf | hnsw"),
+    index: str = typer.Option(
+        "flat", help="flat (exact) | ivf | hnsw (built once by 'recsys index build')"
+    ),
     explain: bool = typer.Option(
         False,
         "--explain",
@@ -357,7 +359,14 @@ def recommend(
         raise ConfigError("no users given: pass --user ID (repeatable) or --users-file FILE")
     if k < 1:
         raise ConfigError(f"--k must be positive, got {k}")
-    recs = api.TrainedModel.load(run, index).recommend(ids, k, explain)
+    trained = api.TrainedModel.load(run, index)
+    if index != "flat":
+        audit = trained.index_audit
+        typer.echo(
+            f"{index} index: recall@{audit['k']} {audit['recall_at_k']:.4f} against exact search",
+            err=True,
+        )
+    recs = trained.recommend(ids, k, explain)
     if output is not None:
         api.write_table(recs, output)
         typer.echo(
@@ -504,6 +513,51 @@ def benchmark(
             + (f"  ⚠ {row['flag']}" if row.get("flag") else "")
         )
     typer.echo(f"results in {out / 'results.md'}")
+
+
+index_app = typer.Typer(no_args_is_help=True, help="Approximate (ANN) indexes of a run.")
+app.add_typer(index_app, name="index")
+
+
+@index_app.command("build")
+@user_errors
+def index_build(
+    run: Path = typer.Argument(..., help="run directory"),
+    kind: str = typer.Option(..., help="ivf | hnsw (flat: the exact index, audited as 1.0)"),
+    nlist: int | None = typer.Option(None, help="ivf: clusters [4·√items]"),
+    nprobe: int = typer.Option(16, help="ivf: clusters searched per query"),
+    hnsw_m: int = typer.Option(32, help="hnsw: neighbours per node"),
+    k: int = typer.Option(20, help="cut-off of the recall audit"),
+    threads: int | None = threads_option(),
+):
+    """Build a run's ANN index once, measure its recall@k against exact search, store both."""
+    use_threads(threads)
+    if k < 1 or nprobe < 1 or hnsw_m < 2 or (nlist is not None and nlist < 1):
+        raise ConfigError("--k, --nprobe, --nlist must be ≥ 1 and --hnsw-m ≥ 2")
+    audit = api.build_run_index(run, kind, nlist=nlist, nprobe=nprobe, hnsw_m=hnsw_m, k=k)
+    typer.echo(
+        f"{kind} index written to {run}: recall@{k} {audit['recall_at_k']:.4f} against exact "
+        f"search on {audit['audit_users']} users, built in {audit['build_seconds']:.1f} s"
+    )
+
+
+@app.command()
+@user_errors
+def serve(
+    run: Path = typer.Argument(..., help="run directory"),
+    host: str = typer.Option("127.0.0.1", help="address to listen on"),
+    port: int = typer.Option(8000, help="port to listen on"),
+    workers: int = typer.Option(1, help="server processes"),
+    index: str = typer.Option("flat", help="flat (exact) | ivf | hnsw (built by 'index build')"),
+    threads: int | None = threads_option(),
+):
+    """Serve a run over HTTP (FastAPI on uvicorn; OpenAPI docs at /docs)."""
+    from recsys.service import serve as run_server  # imported here: fastapi loads slowly
+
+    use_threads(threads)
+    if workers < 1:
+        raise ConfigError(f"--workers must be ≥ 1, got {workers}")
+    run_server(run, index, host=host, port=port, workers=workers)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,0 +1,341 @@
+"""The in-memory model: a finished run held in memory, answering implicit-style queries.
+
+    >>> model = Model.load("runs/lgcn")
+    >>> ids, scores = model.recommend(["u0001", "u0002"], k=10)      # (2, 10) raw ids, scores
+    >>> ids, scores = model.recommend_history(["i0007", "i0042"], k=10)  # a new user, folded in
+    >>> ids, scores = model.similar_items(["i0007"], k=5)
+    >>> model.save("runs/lgcn-copy")
+
+The CLI, the notebook and the HTTP service (recsys.service) all drive this one object; the run
+directory stays its on-disk form. Raw ids go in and come out; unknown ids raise DataError
+naming them.
+
+**Seen items** are everything the run knows of a user, the train and valid splits, plus any
+items passed with the request; they are never recommended (with `exclude_seen`, the default).
+
+**Fold-in** (a user given by an item history, without retraining) solves for the user's vector
+against the frozen final item embeddings Y, as one step of implicit-feedback ALS (Hu, Koren and
+Volinsky, ICDM 2008) with confidence c = α on the history H and 1 elsewhere:
+
+    x_u = (YᵀY + (α - 1) Y_Hᵀ Y_H + λ I)⁻¹ α Σ_{i∈H} y_i
+
+For ALS this is exactly `implicit`'s `recalculate_user` with the model's own λ (`reg`) and α
+(`alpha`). MostPop needs no vector (everyone gets the popularity list). For the models trained
+by BPR (MF, LightGCN, LightGCL, DCCF) the scores have no 0/1 target, so λ is set relative to
+the catalogue, λ = `FOLDIN_REG` · tr(YᵀY) / d, and α = `FOLDIN_ALPHA`; both were chosen on
+yelp-sslrec with 10 % of the users held out of training (benchmarks/foldin.py, figures in the
+README). One solve of a d × d system per user: well under a millisecond for d = 64.
+
+A known user sent with extra items is folded in from train + valid + extra, so new
+interactions count at once. ANN indexes built by `recsys index build` live in the run
+directory beside a JSON audit of their recall against exact search (`build_run_index`).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from pathlib import Path
+
+import faiss
+import numpy as np
+import scipy.sparse as sp
+
+from recsys.atomic import atomic_dir, claim_output, write_json
+from recsys.data.dataset import Dataset
+from recsys.errors import ConfigError, RunError
+from recsys.index import INDEX_KINDS, build_index, load_index, recall_vs_exact, save_index, search
+from recsys.train.rundir import RunDir
+
+#: fold-in ridge weight for BPR-trained models, relative to tr(YᵀY) / d (measured on yelp)
+FOLDIN_REG = 1.0
+#: fold-in confidence of a history item for BPR-trained models (measured on yelp)
+FOLDIN_ALPHA = 10.0
+#: users whose queries audit an ANN index's recall
+AUDIT_USERS = 1000
+
+
+def fold_in(item_emb: np.ndarray, history: sp.csr_matrix, reg: float, alpha: float) -> np.ndarray:
+    """User vectors from item histories by one implicit-ALS user step (module docstring).
+
+    Args:
+        item_emb: (n_items, d) float32 frozen item embeddings Y.
+        history: (B, n_items) CSR; row b holds user b's items (values ignored, c = α).
+        reg: λ, the ridge weight. alpha: α, a history item's confidence.
+    Returns:
+        (B, d) float32; a row with an empty history is zero (as in implicit).
+    """
+    item_emb = np.asarray(item_emb, np.float64)
+    d = item_emb.shape[1]
+    base = item_emb.T @ item_emb + reg * np.eye(d)
+    out = np.zeros((history.shape[0], d), np.float32)
+    for b in range(history.shape[0]):
+        items = history.indices[history.indptr[b] : history.indptr[b + 1]]
+        if len(items):
+            y = item_emb[items]
+            out[b] = np.linalg.solve(base + (alpha - 1) * y.T @ y, alpha * y.sum(0))
+    return out
+
+
+def foldin_weights(model_name: str, params: dict, item_emb: np.ndarray) -> tuple[float, float]:
+    """(λ, α) of `fold_in` for a run: ALS's own, a catalogue-relative pair for the rest."""
+    if model_name == "als":
+        return float(params["reg"]), float(params["alpha"])
+    d = item_emb.shape[1]
+    return FOLDIN_REG * float(np.einsum("ij,ij->", item_emb, item_emb)) / d, FOLDIN_ALPHA
+
+
+def index_paths(run: RunDir, kind: str) -> tuple[Path, Path]:
+    """Where a run keeps its `kind` index and that index's recall audit."""
+    if kind not in INDEX_KINDS:
+        raise ConfigError(f"unknown index kind {kind!r} (choose from: {', '.join(INDEX_KINDS)})")
+    index = run.index if kind == "flat" else run.path / f"index-{kind}.faiss"
+    return index, run.path / f"index-{kind}.json"
+
+
+def on_device(index: faiss.Index) -> faiss.Index:
+    """`index` on the GPU when FAISS sees one (HNSW has no GPU version), else as is."""
+    if faiss.get_num_gpus() > 0 and not isinstance(index, faiss.IndexHNSW):
+        return faiss.index_cpu_to_gpu(faiss.StandardGpuResources(), 0, index)
+    return index
+
+
+def build_run_index(
+    run_dir: str | Path,
+    kind: str,
+    nlist: int | None = None,
+    nprobe: int = 16,
+    hnsw_m: int = 32,
+    k: int = 20,
+    seed: int = 0,
+) -> dict:
+    """Build the run's `kind` index once, audit its recall@k against exact search, save both.
+
+    The audit queries are the embeddings of up to `AUDIT_USERS` users drawn with `seed`; the
+    index file and its JSON audit are each written atomically. Returns the audit.
+    """
+    run = RunDir(run_dir)
+    run.read_config()
+    index_file, audit_file = index_paths(run, kind)
+    users, items = run.load_embeddings()
+    t0 = time.perf_counter()
+    index = build_index(items, kind, nlist=nlist, hnsw_m=hnsw_m, nprobe=nprobe)
+    build_s = time.perf_counter() - t0
+    rng = np.random.default_rng(seed)
+    sample = rng.choice(len(users), min(AUDIT_USERS, len(users)), replace=False)
+    recall = recall_vs_exact(on_device(index), items, users[sample], min(k, len(items)))
+    audit = {
+        "kind": kind,
+        "params": {"nlist": getattr(index, "nlist", None), "nprobe": nprobe, "hnsw_m": hnsw_m}
+        if kind != "flat"
+        else {},
+        "k": k,
+        "recall_at_k": recall,
+        "audit_users": len(sample),
+        "build_seconds": round(build_s, 3),
+    }
+    save_index(index, index_file)
+    write_json(audit_file, audit)
+    return audit
+
+
+class Model:
+    """A trained run in memory: raw ids in, (ids, scores) out, seen items excluded.
+
+    Attributes:
+        run: its RunDir. dataset: its Dataset. user_emb (n_users, d), item_emb (n_items, d):
+        float32 final embeddings. index: the FAISS index queries go through. index_kind and
+        index_audit: which index, and its recall audit ({"recall_at_k": 1.0} for flat).
+        seen: (n_users, n_items) CSR of train + valid.
+    """
+
+    def __init__(
+        self,
+        run: RunDir,
+        dataset: Dataset,
+        user_emb: np.ndarray,
+        item_emb: np.ndarray,
+        index: faiss.Index,
+        index_kind: str = "flat",
+        index_audit: dict | None = None,
+    ):
+        self.run, self.dataset = run, dataset
+        self.user_emb = np.ascontiguousarray(user_emb, np.float32)
+        self.item_emb = np.ascontiguousarray(item_emb, np.float32)
+        self.index, self.index_kind = index, index_kind
+        self.index_audit = index_audit or {"kind": "flat", "recall_at_k": 1.0}
+        self.config = run.read_config()
+        self.seen = dataset.train if dataset.valid is None else dataset.train + dataset.valid
+        self.seen.data[:] = 1.0
+        self.foldin_reg, self.foldin_alpha = foldin_weights(
+            self.config["model"], self.config.get("params", {}), self.item_emb
+        )
+        norms = np.linalg.norm(self.item_emb, axis=1, keepdims=True)
+        self._unit_items = self.item_emb / np.maximum(norms, 1e-12)
+
+    @classmethod
+    def load(cls, run_dir: str | Path, index_kind: str = "flat") -> Model:
+        """The run in `run_dir`, served through its `index_kind` index (built by
+        `recsys index build` unless flat)."""
+        run = RunDir(run_dir)
+        ds = run.load_dataset()
+        users, items = run.load_embeddings()
+        index_file, audit_file = index_paths(run, index_kind)
+        if index_kind != "flat" and not index_file.is_file():
+            raise RunError(
+                f"{run.path}: no {index_kind} index; build it once with "
+                f"'recsys index build {run.path} --kind {index_kind}'"
+            )
+        index = load_index(index_file) if index_file.is_file() else build_index(items)
+        audit = json.loads(audit_file.read_text()) if audit_file.is_file() else None
+        return cls(run, ds, users, items, on_device(index), index_kind, audit)
+
+    @property
+    def name(self) -> str:
+        return self.config["model"]
+
+    def info(self) -> dict:
+        """What is being served: run, dataset fingerprint, model, test metrics, index audit."""
+        summary = self.run.read_summary() if self.run.summary.is_file() else {}
+        return {
+            "run": str(self.run.path.resolve()),
+            "model": self.name,
+            "dataset_fingerprint": self.dataset.fingerprint,
+            "n_users": self.dataset.n_users,
+            "n_items": self.dataset.n_items,
+            "metrics": summary.get("test") or summary.get("valid") or {},
+            "index": {"kind": self.index_kind, **self.index_audit},
+        }
+
+    def recommend(
+        self,
+        user_ids,
+        k: int = 20,
+        exclude_seen: bool = True,
+        items: list | None = None,
+        history_extra: list | None = None,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Top-k items for known users.
+
+        Args:
+            user_ids: one raw user id, or a list of them.
+            k: items per user.
+            exclude_seen: never return the user's train/valid items (nor `history_extra`).
+            items: an allow-list of raw item ids to choose from (scored exactly).
+            history_extra: raw item ids the users interacted with since training; the users
+                are then folded in from train + valid + these.
+        Returns:
+            ids and scores: (k,) for one user id, (B, k) for a list. Rows with fewer than k
+            candidates are padded with None ids and -inf scores.
+        """
+        single = np.isscalar(user_ids)
+        user_idx = self.dataset.users.index([user_ids] if single else list(user_ids))
+        history = self.seen[user_idx]
+        if history_extra:
+            extra = self.dataset.items.index(list(history_extra))
+            history = history + sp.csr_matrix(
+                (np.ones(len(user_idx) * len(extra), np.float32),
+                 (np.repeat(np.arange(len(user_idx)), len(extra)), np.tile(extra, len(user_idx)))),
+                shape=history.shape,
+            )  # fmt: skip
+            history.data[:] = 1.0
+            vecs = self.fold_in(history)
+        else:
+            vecs = self.user_emb[user_idx]
+        ids, scores = self._top(vecs, k, history if exclude_seen else None, items)
+        return (ids[0], scores[0]) if single else (ids, scores)
+
+    def recommend_history(
+        self, item_ids: list, k: int = 20, exclude_seen: bool = True, items: list | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Top-k items, each (k,), for a user known only by their raw item history (fold-in)."""
+        history = self.history_matrix([item_ids])
+        ids, scores = self._top(self.fold_in(history), k, history if exclude_seen else None, items)
+        return ids[0], scores[0]
+
+    def similar_items(self, item_ids, k: int = 10) -> tuple[np.ndarray, np.ndarray]:
+        """The k items most cosine-similar to each item (itself left out): (k,) or (B, k)."""
+        single = np.isscalar(item_ids)
+        item_idx = self.dataset.items.index([item_ids] if single else list(item_ids))
+        self_match = sp.csr_matrix(
+            (np.ones(len(item_idx), np.float32), (np.arange(len(item_idx)), item_idx)),
+            shape=(len(item_idx), self.dataset.n_items),
+        )
+        ids, scores = self._exact(self._unit_items[item_idx], self._unit_items, k, self_match)
+        return (ids[0], scores[0]) if single else (ids, scores)
+
+    def fold_in(self, history: sp.csr_matrix) -> np.ndarray:
+        """(B, d) user vectors for a (B, n_items) CSR of histories (module docstring)."""
+        if self.name == "mostpop":
+            return np.ones((history.shape[0], self.user_emb.shape[1]), np.float32)
+        return fold_in(self.item_emb, history, self.foldin_reg, self.foldin_alpha)
+
+    def history_matrix(self, histories: list[list]) -> sp.csr_matrix:
+        """(B, n_items) binary CSR from lists of raw item ids."""
+        idx = [
+            self.dataset.items.index(list(h)) if len(h) else np.zeros(0, np.int64)
+            for h in histories
+        ]
+        rows = np.repeat(np.arange(len(idx)), [len(i) for i in idx])
+        m = sp.csr_matrix(
+            (np.ones(len(rows), np.float32), (rows, np.concatenate(idx))),
+            shape=(len(idx), self.dataset.n_items),
+        )
+        m.data[:] = 1.0
+        return m
+
+    def save(self, path: str | Path) -> None:
+        """Write this model as a run directory at `path`, atomically.
+
+        Holds the config, embeddings, summary, weights and every built index with its audit,
+        and refers to the same dataset. A folder that is not a recsys run is never replaced.
+        """
+        target = Path(path)
+        claim_output(target, "run", overwrite=True)
+        with atomic_dir(target) as tmp:
+            out = RunDir(tmp)
+            out.write_config(self.config)
+            out.save_embeddings(self.user_emb, self.item_emb)
+            for name in ("metrics.json", "metrics.jsonl", "best.pt"):
+                if (self.run.path / name).is_file():
+                    shutil.copy2(self.run.path / name, tmp / name)
+            for f in self.run.path.glob("index*"):
+                shutil.copy2(f, tmp / f.name)
+            if not out.index.is_file():
+                save_index(build_index(self.item_emb), out.index)
+
+    def _top(self, vecs, k, seen, items) -> tuple[np.ndarray, np.ndarray]:
+        if k < 1:
+            raise ConfigError(f"k must be positive, got {k}")
+        if items is not None:
+            allow = self.dataset.items.index(list(items))
+            ids, scores = self._exact(
+                vecs, self.item_emb[allow], k, None if seen is None else seen[:, allow]
+            )
+            return self._raw(np.where(ids >= 0, allow[np.maximum(ids, 0)], -1), scores)
+        rows = None if seen is None else np.arange(len(vecs))
+        return self._raw(*search(self.index, vecs, k, seen, rows))
+
+    @staticmethod
+    def _exact(vecs, item_emb, k, seen) -> tuple[np.ndarray, np.ndarray]:
+        """Exact top-k of vecs @ item_embᵀ with `seen` (B, n) masked: positions and scores."""
+        scores = vecs @ item_emb.T
+        if seen is not None:
+            scores[seen.nonzero()] = -np.inf
+        k = min(k, scores.shape[1])
+        top = np.argpartition(-scores, k - 1, axis=1)[:, :k]
+        top_scores = np.take_along_axis(scores, top, 1)
+        order = np.argsort(-top_scores, axis=1, kind="stable")
+        top, top_scores = (
+            np.take_along_axis(top, order, 1),
+            np.take_along_axis(top_scores, order, 1),
+        )
+        return np.where(np.isfinite(top_scores), top, -1), top_scores.astype(np.float32)
+
+    def _raw(self, idx: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        ids = self.dataset.items.raw(np.maximum(idx, 0)).to_numpy().reshape(idx.shape)
+        if (idx < 0).any():
+            ids = ids.astype(object)
+            ids[idx < 0] = None
+        return ids, scores
