@@ -1,0 +1,212 @@
+"""The HTTP service (recsys.service) through FastAPI's test client: every endpoint, every error."""
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import httpx
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+
+from recsys import api
+from recsys.service import create_app
+
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
+
+FAST = {"epochs": 3, "lr": 0.01, "batch_size": 256, "dim": 16}
+
+
+@pytest.fixture(scope="module")
+def runs(synth_dataset, tmp_path_factory):
+    root = tmp_path_factory.mktemp("service")
+    api.train(synth_dataset, root / "mf", "mf", FAST, progress=False)
+    api.train(synth_dataset, root / "als", "als", {"dim": 8, "iterations": 5}, progress=False)
+    return root
+
+
+@pytest.fixture(scope="module")
+def client(runs):
+    app = create_app(runs / "mf")
+    with TestClient(app, raise_server_exceptions=False) as c:
+        c.model = app.state.holder.model
+        yield c
+
+
+def post(client, path, body, status=200):
+    r = client.post(path, json=body)
+    assert r.status_code == status, r.text
+    return r.json()
+
+
+def test_recommend_known_user(client):
+    model = client.model
+    got = post(client, "/recommend", {"user_id": "u0001", "k": 5})
+    ids, scores = model.recommend("u0001", k=5)
+    assert got == {"user_id": "u0001", "item_ids": list(ids), "scores": pytest.approx(list(scores))}
+    seen = set(model.dataset.items.raw(model.seen[model.dataset.users.index(["u0001"])[0]].indices))
+    assert not set(got["item_ids"]) & seen
+    unfiltered = post(client, "/recommend", {"user_id": "u0001", "k": 120, "exclude_seen": False})
+    assert seen <= set(unfiltered["item_ids"])
+
+
+def test_recommend_allow_list_and_extra_history(client):
+    got = post(
+        client,
+        "/recommend",
+        {"user_id": "u0002", "k": 2, "items": ["i0001", "i0002", "i0003"], "exclude_seen": False},
+    )
+    assert len(got["item_ids"]) == 2 and set(got["item_ids"]) <= {"i0001", "i0002", "i0003"}
+    extra = post(
+        client, "/recommend", {"user_id": "u0002", "k": 10, "history_extra": ["i0004", "i0005"]}
+    )
+    assert not {"i0004", "i0005"} & set(extra["item_ids"])
+    ids, _ = client.model.recommend("u0002", k=10, history_extra=["i0004", "i0005"])
+    assert extra["item_ids"] == list(ids)
+
+
+def test_recommend_history_folds_in(client):
+    got = post(client, "/recommend/history", {"item_ids": ["i0001", "i0002"], "k": 4})
+    ids, scores = client.model.recommend_history(["i0001", "i0002"], k=4)
+    assert got == {"item_ids": list(ids), "scores": pytest.approx(list(scores))}
+    assert not {"i0001", "i0002"} & set(got["item_ids"]) and len(got["item_ids"]) == 4
+
+
+def test_batch_and_similar(client):
+    got = post(
+        client,
+        "/recommend/batch",
+        {"requests": [{"user_id": "u0001", "k": 3}, {"user_id": "u0009", "k": 1}]},
+    )
+    assert [r["user_id"] for r in got["results"]] == ["u0001", "u0009"]
+    assert got["results"][0] == post(client, "/recommend", {"user_id": "u0001", "k": 3})
+    assert len(got["results"][1]["item_ids"]) == 1
+    one = post(client, "/similar", {"item_id": "i0010", "k": 3})["results"]
+    many = post(client, "/similar", {"item_ids": ["i0010", "i0011"], "k": 3})["results"]
+    assert one[0]["item_ids"] == many[0]["item_ids"] and many[1]["item_id"] == "i0011"
+    assert one[0]["scores"] == pytest.approx(many[0]["scores"], rel=1e-5)
+    ids, scores = client.model.similar_items("i0010", k=3)
+    assert one[0]["item_ids"] == list(ids) and "i0010" not in ids
+    assert np.all(np.diff(one[0]["scores"]) <= 0) and max(one[0]["scores"]) <= 1 + 1e-6
+
+
+def test_health_model_and_docs(client, runs):
+    assert client.get("/health").json() == {"status": "ok", "model": "mf"}
+    info = client.get("/model").json()
+    assert info["run"] == str((runs / "mf").resolve()) and info["model"] == "mf"
+    assert info["dataset_fingerprint"] == client.model.dataset.fingerprint
+    assert (
+        info["metrics"]["recall@20"] == api.RunDir(runs / "mf").read_summary()["test"]["recall@20"]
+    )
+    assert info["index"] == {"kind": "flat", "recall_at_k": 1.0}
+    paths = client.get("/openapi.json").json()["paths"]
+    assert {"/recommend", "/recommend/history", "/recommend/batch", "/similar", "/reload"} <= set(
+        paths
+    )
+    assert client.get("/docs").status_code == 200
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "status", "field"),
+    [
+        ("/recommend", {"user_id": "nobody"}, 404, "user_id"),
+        ("/recommend", {"user_id": "u0001", "k": 0}, 422, "k"),
+        ("/recommend", {"user_id": "u0001", "k": "many"}, 422, "k"),
+        ("/recommend", {"user_id": "u0001", "k": 100000}, 422, "k"),
+        ("/recommend", {"user_id": ["u0001"]}, 422, "user_id"),
+        ("/recommend", {"user_id": True}, 422, "user_id"),
+        ("/recommend", {"k": 3}, 422, "user_id"),
+        ("/recommend", {"user_id": "u0001", "colour": "red"}, 422, "colour"),
+        ("/recommend", {"user_id": "u0001", "items": ["i0001", "zz"]}, 404, "items"),
+        ("/recommend", {"user_id": "u0001", "history_extra": ["zz"]}, 404, "history_extra"),
+        ("/recommend", {"user_id": "u0001", "exclude_seen": "perhaps"}, 422, "exclude_seen"),
+        ("/recommend/history", {"item_ids": []}, 422, "item_ids"),
+        ("/recommend/history", {"item_ids": ["zz"]}, 404, "item_ids"),
+        ("/recommend/history", {"item_ids": ["i0001"], "items": ["zz"]}, 404, "items"),
+        ("/recommend/batch", {"requests": []}, 422, "requests"),
+        (
+            "/recommend/batch",
+            {"requests": [{"user_id": "u0001"}, {"user_id": "nobody"}]},
+            404,
+            "requests.1.user_id",
+        ),
+        ("/similar", {"item_id": "zz"}, 404, "item_id"),
+        ("/similar", {"item_ids": ["i0001", "zz"]}, 404, "item_ids"),
+        ("/similar", {"k": 3}, 422, "body"),
+        ("/reload", {"run": "/no/such/run"}, 400, "run"),
+        ("/recommend", [1, 2], 422, "body"),
+    ],
+)
+def test_bad_requests_are_4xx_naming_the_field(client, path, body, status, field):
+    got = post(client, path, body, status)
+    assert got["field"] == field and "Traceback" not in got["error"]
+    if status == 404:
+        assert "zz" in got["error"] or "nobody" in got["error"]
+
+
+def test_malformed_json_and_wrong_method(client):
+    r = client.post(
+        "/recommend", content=b'{"user_id": ', headers={"content-type": "application/json"}
+    )
+    assert r.status_code == 422 and r.json()["field"] == "body" and "JSON" in r.json()["error"]
+    assert client.get("/recommend").status_code == 405
+    assert client.post("/nowhere", json={}).status_code == 404
+
+
+def test_unexpected_error_is_a_json_500_without_traceback(client, monkeypatch):
+    def broken(*args, **kwargs):
+        raise RuntimeError("secret internals")
+
+    monkeypatch.setattr(client.model, "recommend", broken)
+    r = client.post("/recommend", json={"user_id": "u0001"})
+    assert r.status_code == 500
+    assert r.json() == {"error": "internal error (RuntimeError)", "field": None}
+
+
+def test_reload_swaps_the_model(runs):
+    app = create_app(runs / "mf")
+    with TestClient(app) as c:
+        before = post(c, "/recommend", {"user_id": "u0001", "k": 5})
+        old = app.state.holder.model
+        info = post(c, "/reload", {"run": str(runs / "als")})
+        assert info["model"] == "als" and c.get("/model").json()["model"] == "als"
+        after = post(c, "/recommend", {"user_id": "u0001", "k": 5})
+        ids, _ = app.state.holder.model.recommend("u0001", k=5)
+        assert after["item_ids"] == list(ids) and after != before
+        # the old object is untouched: requests holding it still answer from it
+        assert before["item_ids"] == list(old.recommend("u0001", k=5)[0])
+        assert post(c, "/reload", None)["model"] == "als"  # no body: the served run again
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_recsys_serve_answers_and_reloads_on_sighup(runs):
+    port = free_port()
+    server = subprocess.Popen(
+        [sys.executable, "-m", "recsys", "serve", str(runs / "mf"), "--port", str(port), "--threads", "1"],
+        stderr=subprocess.PIPE, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(300):
+            try:
+                if httpx.get(url + "/health").status_code == 200:
+                    break
+            except httpx.TransportError:
+                time.sleep(0.1)
+        got = httpx.post(url + "/recommend", json={"user_id": "u0001", "k": 3}).json()
+        assert len(got["item_ids"]) == 3
+        server.send_signal(signal.SIGHUP)
+        time.sleep(1.0)
+        assert httpx.post(url + "/recommend", json={"user_id": "u0001", "k": 3}).json() == got
+    finally:
+        server.terminate()
+        err = server.communicate(timeout=30)[1]
+    assert "SIGHUP: reloaded" in err, err
