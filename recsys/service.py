@@ -140,11 +140,11 @@ class Holder:
 
 def recommendation(model: Model, req: RecommendRequest, prefix: str = "") -> dict:
     with about(prefix + "user_id"):
-        model.dataset.users.index([req.user_id])
+        model.user_index([req.user_id])
     for field in ("items", "history_extra"):
         if getattr(req, field):
             with about(prefix + field):
-                model.dataset.items.index(getattr(req, field))
+                model.item_index(getattr(req, field))
     ids, scores = model.recommend(
         req.user_id, req.k, req.exclude_seen, req.items, req.history_extra
     )
@@ -228,10 +228,10 @@ def create_app(run_dir: str | Path, index_kind: str = "flat") -> FastAPI:
     async def recommend_history(req: HistoryRequest) -> dict:
         model = holder.model
         with about("item_ids"):
-            model.dataset.items.index(req.item_ids)
+            model.item_index(req.item_ids)
         if req.items:
             with about("items"):
-                model.dataset.items.index(req.items)
+                model.item_index(req.items)
         return listed(*model.recommend_history(req.item_ids, req.k, req.exclude_seen, req.items))
 
     @app.post("/similar")

@@ -44,6 +44,7 @@ import scipy.sparse as sp
 
 from recsys.atomic import atomic_dir, claim_output, write_json
 from recsys.data.dataset import Dataset
+from recsys.data.idmap import IdMap
 from recsys.errors import ConfigError, RunError
 from recsys.index import INDEX_KINDS, build_index, load_index, recall_vs_exact, save_index, search
 from recsys.train.rundir import RunDir
@@ -56,24 +57,32 @@ FOLDIN_ALPHA = 10.0
 AUDIT_USERS = 1000
 
 
-def fold_in(item_emb: np.ndarray, history: sp.csr_matrix, reg: float, alpha: float) -> np.ndarray:
+def fold_in(
+    item_emb: np.ndarray,
+    history: sp.csr_matrix,
+    reg: float,
+    alpha: float,
+    gram: np.ndarray | None = None,
+) -> np.ndarray:
     """User vectors from item histories by one implicit-ALS user step (module docstring).
 
     Args:
         item_emb: (n_items, d) float32 frozen item embeddings Y.
         history: (B, n_items) CSR; row b holds user b's items (values ignored, c = α).
         reg: λ, the ridge weight. alpha: α, a history item's confidence.
+        gram: YᵀY (d, d) float64, if already at hand (it costs n_items · d² to compute).
     Returns:
         (B, d) float32; a row with an empty history is zero (as in implicit).
     """
-    item_emb = np.asarray(item_emb, np.float64)
     d = item_emb.shape[1]
-    base = item_emb.T @ item_emb + reg * np.eye(d)
+    if gram is None:
+        gram = item_emb.T.astype(np.float64) @ item_emb
+    base = gram + reg * np.eye(d)
     out = np.zeros((history.shape[0], d), np.float32)
     for b in range(history.shape[0]):
         items = history.indices[history.indptr[b] : history.indptr[b + 1]]
         if len(items):
-            y = item_emb[items]
+            y = item_emb[items].astype(np.float64)
             out[b] = np.linalg.solve(base + (alpha - 1) * y.T @ y, alpha * y.sum(0))
     return out
 
@@ -173,6 +182,11 @@ class Model:
         )
         norms = np.linalg.norm(self.item_emb, axis=1, keepdims=True)
         self._unit_items = self.item_emb / np.maximum(norms, 1e-12)
+        self._gram = self.item_emb.T.astype(np.float64) @ self.item_emb  # YᵀY, as implicit's YtY
+        # Dict lookups: a request's ids in microseconds (IdMap's join handles misses and casts).
+        self._user_pos = dict(zip(dataset.users.ids.to_list(), range(dataset.n_users)))
+        self._item_pos = dict(zip(dataset.items.ids.to_list(), range(dataset.n_items)))
+        self._item_ids = dataset.items.ids.to_numpy()
 
     @classmethod
     def load(cls, run_dir: str | Path, index_kind: str = "flat") -> Model:
@@ -230,10 +244,10 @@ class Model:
             candidates are padded with None ids and -inf scores.
         """
         single = np.isscalar(user_ids)
-        user_idx = self.dataset.users.index([user_ids] if single else list(user_ids))
+        user_idx = self.user_index([user_ids] if single else user_ids)
         history = self.seen[user_idx]
         if history_extra:
-            extra = self.dataset.items.index(list(history_extra))
+            extra = self.item_index(history_extra)
             history = history + sp.csr_matrix(
                 (np.ones(len(user_idx) * len(extra), np.float32),
                  (np.repeat(np.arange(len(user_idx)), len(extra)), np.tile(extra, len(user_idx)))),
@@ -257,7 +271,7 @@ class Model:
     def similar_items(self, item_ids, k: int = 10) -> tuple[np.ndarray, np.ndarray]:
         """The k items most cosine-similar to each item (itself left out): (k,) or (B, k)."""
         single = np.isscalar(item_ids)
-        item_idx = self.dataset.items.index([item_ids] if single else list(item_ids))
+        item_idx = self.item_index([item_ids] if single else item_ids)
         self_match = sp.csr_matrix(
             (np.ones(len(item_idx), np.float32), (np.arange(len(item_idx)), item_idx)),
             shape=(len(item_idx), self.dataset.n_items),
@@ -269,14 +283,19 @@ class Model:
         """(B, d) user vectors for a (B, n_items) CSR of histories (module docstring)."""
         if self.name == "mostpop":
             return np.ones((history.shape[0], self.user_emb.shape[1]), np.float32)
-        return fold_in(self.item_emb, history, self.foldin_reg, self.foldin_alpha)
+        return fold_in(self.item_emb, history, self.foldin_reg, self.foldin_alpha, self._gram)
+
+    def user_index(self, user_ids: list) -> np.ndarray:
+        """Dense indices (int64) of raw user ids; DataError naming any unknown one."""
+        return _lookup(self._user_pos, self.dataset.users, user_ids)
+
+    def item_index(self, item_ids: list) -> np.ndarray:
+        """Dense indices (int64) of raw item ids; DataError naming any unknown one."""
+        return _lookup(self._item_pos, self.dataset.items, item_ids)
 
     def history_matrix(self, histories: list[list]) -> sp.csr_matrix:
         """(B, n_items) binary CSR from lists of raw item ids."""
-        idx = [
-            self.dataset.items.index(list(h)) if len(h) else np.zeros(0, np.int64)
-            for h in histories
-        ]
+        idx = [self.item_index(h) for h in histories]
         rows = np.repeat(np.arange(len(idx)), [len(i) for i in idx])
         m = sp.csr_matrix(
             (np.ones(len(rows), np.float32), (rows, np.concatenate(idx))),
@@ -309,7 +328,7 @@ class Model:
         if k < 1:
             raise ConfigError(f"k must be positive, got {k}")
         if items is not None:
-            allow = self.dataset.items.index(list(items))
+            allow = self.item_index(items)
             ids, scores = self._exact(
                 vecs, self.item_emb[allow], k, None if seen is None else seen[:, allow]
             )
@@ -334,8 +353,15 @@ class Model:
         return np.where(np.isfinite(top_scores), top, -1), top_scores.astype(np.float32)
 
     def _raw(self, idx: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        ids = self.dataset.items.raw(np.maximum(idx, 0)).to_numpy().reshape(idx.shape)
+        ids = self._item_ids[np.maximum(idx, 0)]
         if (idx < 0).any():
             ids = ids.astype(object)
             ids[idx < 0] = None
         return ids, scores
+
+
+def _lookup(positions: dict, id_map: IdMap, raw_ids: list) -> np.ndarray:
+    try:
+        return np.fromiter((positions[i] for i in raw_ids), np.int64, len(raw_ids))
+    except (KeyError, TypeError):  # an unknown id, or one of another type: IdMap decides
+        return id_map.index(list(raw_ids))
