@@ -22,7 +22,7 @@ import numpy as np
 import polars as pl
 import torch
 
-from recsys.atomic import atomic_dir, atomic_write, claim_file, claim_output
+from recsys.atomic import atomic_dir, atomic_write, claim_file, claim_output, remove_temporaries
 from recsys.data.dataset import Dataset
 from recsys.data.prepare import describe, prepare_dataset
 from recsys.data.synth import synth_log
@@ -100,6 +100,7 @@ def train(
             raise ConfigError("--resume continues a run and --overwrite replaces it: pass one")
         return resume_run(run, ds, dataset_dir, model, options, config_file, progress)
     holds_run = claim_output(run.path, "run", reuse=True, inputs=[dataset_dir])
+    remove_temporaries(run.path)  # ours (claimed above): what a killed write left behind
     if holds_run and run.started() and not overwrite:
         raise RunError(
             f"{run.path}: already holds a run; pass --resume to continue it or --overwrite to replace it"
@@ -138,6 +139,7 @@ RESUMABLE = ("epochs", "patience", "min_epochs", "max_minutes", "eval_every", "d
 def resume_run(run, ds, dataset_dir, model, options, config_file, progress) -> dict:
     """Continue `run` from its last checkpoint, applying changes to RESUMABLE options only."""
     saved = run.read_config()
+    remove_temporaries(run.path)
     if saved["dataset"]["fingerprint"] != ds.fingerprint:
         raise RunError(
             f"{run.path}: was trained on dataset {saved['dataset']['fingerprint']}, not {dataset_dir} ({ds.fingerprint})"

@@ -121,7 +121,7 @@ def claim_output(
         raise ConfigError(
             f"{out}: exists and is a file, not a {kind} folder; choose another {flag}"
         )
-    if not out.is_dir() or not any(out.iterdir()):
+    if not out.is_dir() or not any(not is_temporary(p) for p in out.iterdir()):
         return False
     found = artifact_kind(out)
     if found != kind:
@@ -159,3 +159,15 @@ def removed_on_failure(folder: str | Path) -> Iterator[Path]:
         if not existed:
             shutil.rmtree(folder, ignore_errors=True)
         raise
+
+
+def is_temporary(path: Path) -> bool:
+    """A file or folder atomic_path/atomic_dir left behind when a process was killed mid-write."""
+    return path.name.startswith(".") and path.name.endswith((".tmp", ".old"))
+
+
+def remove_temporaries(folder: Path) -> None:
+    """Sweep what killed writes left in `folder` (only recsys's own temporary names)."""
+    for path in folder.iterdir() if folder.is_dir() else ():
+        if is_temporary(path):
+            shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)

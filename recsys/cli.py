@@ -574,9 +574,13 @@ def main(argv: list[str] | None = None) -> int:
         code = result if isinstance(result, int) else 0
     except typer.Exit as e:  # from a command (user_errors) or --help
         code = e.exit_code
-    except (typer.Abort, KeyboardInterrupt):
-        print("error: interrupted", file=sys.stderr)
-        code = 130
+    except (typer.Abort, KeyboardInterrupt) as e:
+        if isinstance(e.__cause__, EOFError):  # click turns an escaped EOFError into Abort
+            print(f"error: internal error EOFError: {e.__cause__} (report it)", file=sys.stderr)
+            code = 1
+        else:
+            print("error: interrupted", file=sys.stderr)
+            code = 130
     except typer.exceptions.TyperException as e:  # click's usage errors, as typer bundles them
         ctx = getattr(e, "ctx", None)
         where = f"{ctx.command_path}: " if ctx is not None else ""

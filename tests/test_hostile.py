@@ -287,3 +287,15 @@ def test_resume_applies_a_new_epoch_count(trained, tmp_path):
     summary = api.RunDir(root / "run").read_summary()
     assert summary["epochs"] == 4
     assert api.RunDir(root / "run").read_config()["train"]["epochs"] == 4
+
+
+def test_a_start_killed_mid_write_restarts_in_place(trained, tmp_path):
+    # Killed while writing its first config.json: only atomic_path's temporary is left.
+    root = fresh_copy(trained, tmp_path / "case")
+    (root / "new").mkdir()
+    (root / "new" / ".config.json.x1y2.tmp").write_text('{"model": "m')
+    code, err = run(
+        ["train", root / "data", "--out", root / "new", "--model", "mf", "--epochs", "1"]
+    )
+    assert code == 0, err
+    assert not (root / "new" / ".config.json.x1y2.tmp").exists()
