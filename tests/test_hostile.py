@@ -217,7 +217,8 @@ def test_generated_option_values_fail_cleanly(trained, tmp_path, command, value)
     root = fresh_copy(trained, tmp_path / "case")
     before = snapshot(root)
     args = [a.format(run=root / "run", data=root / "data", root=root, v=value) for a in command]
-    assert_contract(args, root, before)
+    with contextlib.chdir(root):  # a relative --out lands in the case's folder
+        assert_contract(args, root, before)
 
 
 @pytest.mark.parametrize(
