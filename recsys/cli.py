@@ -354,7 +354,11 @@ def recommend(
     if users_file is not None:
         if not users_file.is_file():
             raise ConfigError(f"{users_file}: no such file")
-        ids += [line.strip() for line in users_file.read_text().splitlines() if line.strip()]
+        try:
+            text = users_file.read_text()
+        except UnicodeDecodeError as e:
+            raise ConfigError(f"{users_file}: not UTF-8 text (byte {e.start})") from None
+        ids += [line.strip() for line in text.splitlines() if line.strip()]
     if not ids:
         raise ConfigError("no users given: pass --user ID (repeatable) or --users-file FILE")
     if k < 1:
@@ -586,6 +590,12 @@ def main(argv: list[str] | None = None) -> int:
         where = f"{ctx.command_path}: " if ctx is not None else ""
         print(f"error: {where}{one_line(e.format_message())}", file=sys.stderr)
         code = getattr(e, "exit_code", 2)
+    except UnicodeDecodeError as e:  # a text input (ids file, log, config) that is not UTF-8
+        print(
+            f"error: an input file is not UTF-8 text ({e.reason} at byte {e.start})",
+            file=sys.stderr,
+        )
+        code = 1
     except OSError as e:  # a path that cannot be read or written: name it, no traceback
         name = f"{e.filename}: " if e.filename else ""
         print(f"error: {name}{e.strerror or one_line(str(e))}", file=sys.stderr)
