@@ -206,3 +206,17 @@ def test_density_derived_defaults_and_given_options_win(
     assert params[key] == pytest.approx(derive(per_user))
     api.train(synth_dataset, tmp_path / "given", model, {**options, key: 0.5}, progress=False)
     assert json.loads((tmp_path / "given" / "config.json").read_text())["params"][key] == 0.5
+
+
+def test_graph_models_bound_their_steps_per_epoch():
+    from recsys.train.config import TrainParams, steps_for_log
+
+    opts = TrainParams(batch_size=2048, lr=5e-3, max_steps=100)
+    # gowalla's 729,660 training interactions: 357 steps of 2048 become 100 of 7297
+    batch, lr = steps_for_log(opts, 729_660, propagates=True)
+    assert batch == 7297 and lr == pytest.approx(5e-3 * (7297 / 2048) ** 0.5)
+    # yelp-sslrec's 182,357 fit in 100 steps of 2048: trained exactly as configured
+    assert steps_for_log(opts, 182_357, propagates=True) == (2048, 5e-3)
+    # MF's step does not touch the graph: its epoch is linear already
+    assert steps_for_log(opts, 729_660, propagates=False) == (2048, 5e-3)
+    assert steps_for_log(TrainParams(max_steps=0), 10**8, propagates=True)[0] == 2048

@@ -74,6 +74,8 @@ class Recommender(nn.Module):
     #: what `recsys tune` searches, declared beside the defaults it starts from
     search_space: ClassVar[dict[str, Search]] = {}
     trainable: ClassVar[bool] = True
+    # True when every training step propagates the whole graph (the loop bounds steps per epoch)
+    propagates: ClassVar[bool] = False
 
     def __init__(
         self, n_users: int, n_items: int, params: Any, graph: Graph, generator: torch.Generator

@@ -222,6 +222,7 @@ def learned_hop(
 
 class DCCF(EmbeddingRecommender):
     name = "dccf"
+    propagates = True
     Params = DCCFParams
     train_defaults = {"batch_size": 4096, "lr": 1e-3}
     search_space = {

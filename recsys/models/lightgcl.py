@@ -97,6 +97,7 @@ class LightGCLParams:
 
 class LightGCL(EmbeddingRecommender):
     name = "lightgcl"
+    propagates = True
     Params = LightGCLParams
     train_defaults = {"batch_size": 4096}
     search_space = {

@@ -41,6 +41,7 @@ class LightGCNParams:
 
 class LightGCN(EmbeddingRecommender):
     name = "lightgcn"
+    propagates = True
     Params = LightGCNParams
     search_space = {
         "lr": Search(1e-3, 3e-2, log=True),

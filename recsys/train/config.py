@@ -41,6 +41,15 @@ class TrainParams:
         },
     )
     lr: float = field(default=5e-3, metadata={"help": "Adam learning rate", "above": 0})
+    max_steps: int = field(
+        default=100,
+        metadata={
+            "help": "graph models: at most this many steps (full-graph propagations) per epoch; "
+            "a larger log gets larger batches, the learning rate scaled by their square root, "
+            "so an epoch costs time linear in the log (0: batch_size as given)",
+            "min": 0,
+        },
+    )
     eval_every: int = field(default=1, metadata={"help": "validate every N epochs", "min": 1})
     patience: int = field(
         default=10,
@@ -197,3 +206,18 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
         else:
             flat[key] = value
     return flat
+
+
+def steps_for_log(opts: TrainParams, n_train: int, propagates: bool) -> tuple[int, float]:
+    """(batch size, learning rate) for a log of `n_train` training interactions.
+
+    A graph model propagates the whole graph at every step, so an epoch of n/b steps costs
+    O(n²/b). Capping the steps at `max_steps` makes it O(n): the batch grows with the log, and
+    the learning rate with the square root of the batch's growth (the usual rule for Adam),
+    regularisers being batch means already. Logs small enough for `batch_size` to need no more
+    than `max_steps` steps (ml-100k, yelp-sslrec, the sample) train exactly as configured.
+    """
+    if not propagates or not opts.max_steps or n_train <= opts.max_steps * opts.batch_size:
+        return opts.batch_size, opts.lr
+    batch = -(-n_train // opts.max_steps)
+    return batch, opts.lr * math.sqrt(batch / opts.batch_size)

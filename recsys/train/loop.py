@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import resource
@@ -21,7 +22,7 @@ from recsys.graph import normalized_adjacency
 from recsys.index import build_index, save_index
 from recsys.models import Batch, Recommender, model_class
 from recsys.threads import rebalance
-from recsys.train.config import RunConfig
+from recsys.train.config import RunConfig, steps_for_log
 from recsys.train.rundir import RunDir
 from recsys.train.sampler import BPRSampler
 
@@ -90,6 +91,13 @@ def train(
         )
 
     state = {"epoch": 0, "best": -math.inf, "best_epoch": 0, "train_seconds": 0.0}
+    batch_size, lr = steps_for_log(opts, ds.train.nnz, model.propagates)
+    if (batch_size, lr) != (opts.batch_size, opts.lr):
+        log.info(
+            "%d training interactions: batch %d, lr %.3g (at most %d propagations per epoch)",
+            ds.train.nnz, batch_size, lr, opts.max_steps,
+        )  # fmt: skip
+    opts = dataclasses.replace(opts, batch_size=batch_size, lr=lr)
     optimizer = torch.optim.Adam(model.parameters(), lr=opts.lr) if model.trainable else None
     if resume:
         ckpt = run.load_torch(run.checkpoint, device)
