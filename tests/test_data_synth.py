@@ -4,7 +4,7 @@ import numpy as np
 import polars as pl
 import pytest
 
-from recsys.data import synth_log
+from recsys.data import powerlaw_chunks, powerlaw_log, synth_log
 from recsys.data.filters import threshold
 
 
@@ -75,3 +75,35 @@ def test_min_rating_4_keeps_mostly_in_intent_items(synth):
     liked = threshold(synth.log.with_columns(hit=pl.Series(in_intent(synth))), 4)
     assert liked["hit"].mean() > 0.9
     assert 0.4 < liked.height / synth.log.height < 0.9
+
+
+def test_powerlaw_log_sizes_ids_and_determinism():
+    log = powerlaw_log(20_000, seed=1)
+    assert log.schema == pl.Schema(
+        {"user_id": pl.String, "item_id": pl.String, "timestamp": pl.Int64}
+    )
+    assert log.height == 20_000
+    assert log["user_id"].n_unique() <= 1000 and log["item_id"].n_unique() <= 200
+    assert log["user_id"].str.len_chars().unique().to_list() == [5]  # "u" + 4 digits
+    assert log.equals(powerlaw_log(20_000, seed=1))
+    assert not log.equals(powerlaw_log(20_000, seed=2))
+
+
+def test_powerlaw_log_degrees_are_skewed_but_not_degenerate():
+    log = powerlaw_log(200_000, seed=0)
+    users = log["user_id"].value_counts()["count"].to_numpy()
+    items = log["item_id"].value_counts()["count"].to_numpy()
+    # 1/rank^0.5 over 10k users: heaviest ≈ n/(2·sqrt(m)) = 1000, mean 20.
+    assert 600 < users.max() < 1400 and abs(users.mean() - 20) < 1
+    # 1/rank^0.7 over 2k items: top item ≈ 0.3·n/m^0.3 ≈ 6000.
+    assert 4000 < items.max() < 8000
+    assert np.median(items) < items.mean()  # a long tail
+    duplicates = 1 - log.select("user_id", "item_id").n_unique() / log.height
+    assert duplicates < 0.05
+
+
+def test_powerlaw_chunks_are_bounded_and_concatenate_to_the_log(monkeypatch):
+    monkeypatch.setattr("recsys.data.synth.POWERLAW_CHUNK", 40)
+    chunks = list(powerlaw_chunks(150, seed=3))
+    assert [c.height for c in chunks] == [40, 40, 40, 30]
+    assert pl.concat(chunks).equals(powerlaw_log(150, seed=3))

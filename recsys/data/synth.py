@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -173,3 +174,69 @@ def padded_ids(prefix: str, idx: np.ndarray, n: int) -> pl.Series:
     """Raw ids like "u0042": `prefix` plus `idx` zero-padded to at least 4 digits."""
     width = max(4, len(str(max(n - 1, 0))))
     return prefix + pl.Series(idx).cast(pl.String).str.zfill(width)
+
+
+USERS_PER_INTERACTION = 1 / 20  # mean user degree 20, as in the issue's table (1M -> 50k users)
+ITEMS_PER_INTERACTION = 1 / 100  # mean item degree 100 (1M -> 10k items)
+USER_EXPONENT = 0.5  # user weight 1/rank^0.5: heaviest user ~2.2·sqrt(n) draws, lightest ~10
+ITEM_EXPONENT = 0.7  # item weight 1/rank^0.7: the top item holds ~1% of the log at 16M
+POWERLAW_CHUNK = 2_000_000  # rows drawn per chunk: ~100 MB of ids and times, whatever n is
+LOG_START = 1_600_000_000
+LOG_SPAN = 365 * 86_400  # timestamps uniform over one year
+
+
+def powerlaw_log(n_interactions: int, seed: int = 0) -> pl.DataFrame:
+    """A log of `n_interactions` rows with Zipf-like user and item degrees, in one frame.
+
+    The whole log in memory (about 48 bytes a row); `powerlaw_chunks` streams it instead.
+    See `powerlaw_chunks` for the distribution.
+    """
+    return pl.concat(powerlaw_chunks(n_interactions, seed))
+
+
+def powerlaw_chunks(n_interactions: int, seed: int = 0) -> Iterator[pl.DataFrame]:
+    """The rows of a power-law log, in chunks of at most 2M, for logs larger than memory.
+
+    Users and items are drawn independently for each row, each from a truncated power law on
+    its ranks: P(rank r) ∝ r^-a on 1..m, sampled by inverting the continuous CDF
+    (r = (1 + U·((m+1)^(1-a) - 1))^(1/(1-a))), so a row costs O(1) and nothing is scored
+    against anything (unlike `synth_log`). m_users = n/20, m_items = n/100, a_user = 0.5,
+    a_item = 0.7. Ranks are shuffled into ids, so id order says nothing about degree. A pair
+    may repeat (heavy user, popular item): `data prepare` collapses it, as it would a re-view.
+    There is no planted structure; this log is for measuring cost, not accuracy.
+
+    Args:
+        n_interactions: rows in the log, ≥ 100.
+        seed: seeds the one `np.random.default_rng`; equal (n, seed) give equal logs.
+
+    Yields:
+        (≤ 2M, 3) frames: `user_id` (String, "u000042"), `item_id` (String, "i00007"),
+        `timestamp` (Int64 unix seconds within one year, in no particular order).
+    """
+    if n_interactions < 100:
+        raise ConfigError(f"a power-law log needs at least 100 interactions, got {n_interactions}")
+    if not 0 <= seed < 2**32:
+        raise ConfigError(f"seed must be in [0, 2³²), got {seed}")
+    rng = np.random.default_rng(seed)
+    n_users = max(1, round(n_interactions * USERS_PER_INTERACTION))
+    n_items = max(1, round(n_interactions * ITEMS_PER_INTERACTION))
+    user_of_rank = rng.permutation(n_users).astype(np.int32)
+    item_of_rank = rng.permutation(n_items).astype(np.int32)
+    for start in range(0, n_interactions, POWERLAW_CHUNK):
+        size = min(POWERLAW_CHUNK, n_interactions - start)
+        user_idx = user_of_rank[powerlaw_ranks(n_users, USER_EXPONENT, size, rng)]
+        item_idx = item_of_rank[powerlaw_ranks(n_items, ITEM_EXPONENT, size, rng)]
+        yield pl.DataFrame(
+            {
+                "user_id": padded_ids("u", user_idx, n_users),
+                "item_id": padded_ids("i", item_idx, n_items),
+                "timestamp": LOG_START + rng.integers(0, LOG_SPAN, size=size, dtype=np.int64),
+            }
+        )
+
+
+def powerlaw_ranks(m: int, a: float, size: int, rng: np.random.Generator) -> np.ndarray:
+    """(size,) int64 ranks in [0, m), P(r) ≈ (r+1)^-a / Σ, by the inverse continuous CDF (a < 1)."""
+    b = 1.0 - a
+    r = (1.0 + rng.random(size) * ((m + 1.0) ** b - 1.0)) ** (1.0 / b)
+    return np.minimum(r.astype(np.int64) - 1, m - 1)
