@@ -66,9 +66,9 @@ async def drive(url: str, users: list, n: int, clients: int, reload_run: str | N
                 r = await http.post(url + "/recommend", json={"user_id": users[i], "k": K})
                 ok = r.status_code == 200 and len(r.json()["item_ids"]) == K
                 if not ok:
-                    errors.append(f"{r.status_code} {r.text[:200]}")
+                    errors.append(f"request {i}: {r.status_code} {r.text[:200]}")
             except httpx.HTTPError as e:
-                errors.append(repr(e))
+                errors.append(f"request {i}: {e!r}")
             latencies.append(time.perf_counter() - t0)
 
     limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
