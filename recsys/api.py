@@ -31,7 +31,7 @@ from recsys.evaluate import evaluate, metrics_by_degree
 from recsys.models import model_class
 from recsys.serving import Model
 from recsys.serving import build_run_index as build_run_index  # `recsys index build`
-from recsys.train import loop
+from recsys.train import distributed, loop
 from recsys.train.config import RunConfig, read_config_file, resolve_config
 from recsys.train.rundir import RunDir
 
@@ -99,23 +99,16 @@ def train(
         if overwrite:
             raise ConfigError("--resume continues a run and --overwrite replaces it: pass one")
         return resume_run(run, ds, dataset_dir, model, options, config_file, progress)
+    if distributed.world()[0] > 0:  # torchrun: rank 0 claims and writes the run
+        config = resolve(model, ds, options, config_file)
+        return loop.train(ds, dataset_dir, config, run.path, progress=False)
     holds_run = claim_output(run.path, "run", reuse=True, inputs=[dataset_dir])
     remove_temporaries(run.path)  # ours (claimed above): what a killed write left behind
     if holds_run and run.started() and not overwrite:
         raise RunError(
             f"{run.path}: already holds a run; pass --resume to continue it or --overwrite to replace it"
         )
-    file_options = read_config_file(config_file) if config_file else {}
-    model = model or file_options.get("model")
-    file_options.pop("model", None)
-    if not model:
-        raise ConfigError("no model given: pass --model or set 'model' in the config file")
-    config = resolve_config(
-        model,
-        ("dataset", model_class(model).data_defaults(ds.train)),
-        (str(config_file), file_options),
-        ("command line", options or {}),
-    )
+    config = resolve(model, ds, options, config_file)
     if holds_run and run.started():
         with atomic_dir(run.path) as beside:
             return loop.train(ds, dataset_dir, config, beside, progress=progress)
@@ -132,6 +125,21 @@ def train(
         raise
 
 
+def resolve(model, ds, options, config_file) -> RunConfig:
+    """A new run's configuration: model defaults, the dataset's, the file's, the command line's."""
+    file_options = read_config_file(config_file) if config_file else {}
+    model = model or file_options.get("model")
+    file_options.pop("model", None)
+    if not model:
+        raise ConfigError("no model given: pass --model or set 'model' in the config file")
+    return resolve_config(
+        model,
+        ("dataset", model_class(model).data_defaults(ds.train)),
+        (str(config_file), file_options),
+        ("command line", options or {}),
+    )
+
+
 # Options a resumed run may change: they bound or schedule the loop, and shape no saved state.
 RESUMABLE = ("epochs", "patience", "min_epochs", "max_minutes", "eval_every", "device")
 
@@ -139,7 +147,9 @@ RESUMABLE = ("epochs", "patience", "min_epochs", "max_minutes", "eval_every", "d
 def resume_run(run, ds, dataset_dir, model, options, config_file, progress) -> dict:
     """Continue `run` from its last checkpoint, applying changes to RESUMABLE options only."""
     saved = run.read_config()
-    remove_temporaries(run.path)
+    writer = distributed.world()[0] == 0  # under torchrun, rank 0 alone writes the run
+    if writer:
+        remove_temporaries(run.path)
     if saved["dataset"]["fingerprint"] != ds.fingerprint:
         raise RunError(
             f"{run.path}: was trained on dataset {saved['dataset']['fingerprint']}, not {dataset_dir} ({ds.fingerprint})"
@@ -167,7 +177,7 @@ def resume_run(run, ds, dataset_dir, model, options, config_file, progress) -> d
             f"--resume cannot change {', '.join(locked)} (only {', '.join(RESUMABLE)} may change); "
             "start a new run with --overwrite or another --out"
         )
-    if changed:
+    if changed and writer:
         run.write_config({**saved, "train": new["train"]})
         log.info("resuming with %s", ", ".join(f"{k}={new['train'][k]}" for k in changed))
     return loop.train(

@@ -225,10 +225,15 @@ def train(
         seed=seed,
     )
     options = {k: v for k, v in given.items() if v is not None} | extra_options(ctx.args)
+    from recsys.train.distributed import world
+
+    if world()[0] > 0:  # torchrun: rank 0 alone logs and prints
+        logging.getLogger().setLevel(logging.WARNING)
     summary = api.train(
         dataset, out, model, options, config, resume=resume, overwrite=overwrite, progress=progress
     )
-    emit(summary, as_json)
+    if world()[0] == 0:
+        emit(summary, as_json)
 
 
 @app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})

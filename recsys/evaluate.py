@@ -34,6 +34,7 @@ class EvalResult:
     metrics: dict[str, float]
     per_user: dict[str, np.ndarray]
     users: np.ndarray
+    recommended: dict[int, np.ndarray]  # K -> (n_items,) bool: in some evaluated user's top-K
 
 
 def _as_tensor(x, device) -> torch.Tensor:
@@ -144,7 +145,9 @@ def evaluate(
     metrics = {name: float(v.mean()) if len(v) else float("nan") for name, v in per_user.items()}
     metrics.update({f"coverage@{k}": float(recommended[k].sum()) / n_items for k in ks})
     metrics["n_users"] = len(eval_users)
-    return EvalResult(metrics, per_user, eval_users)
+    return EvalResult(
+        metrics, per_user, eval_users, {k: r.cpu().numpy() for k, r in recommended.items()}
+    )
 
 
 def metrics_by_degree(result: EvalResult, train: sp.csr_matrix, n_groups: int = 5) -> list[dict]:

@@ -6,7 +6,9 @@ import dataclasses
 import logging
 import math
 import resource
+import shutil
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -17,11 +19,11 @@ from tqdm import tqdm
 
 from recsys.data.dataset import Dataset
 from recsys.errors import ConfigError, RunError
-from recsys.evaluate import evaluate
 from recsys.graph import normalized_adjacency
 from recsys.index import build_index, save_index
 from recsys.models import Batch, Recommender, model_class
 from recsys.threads import rebalance
+from recsys.train import distributed
 from recsys.train.config import RunConfig, steps_for_log
 from recsys.train.rundir import RunDir
 from recsys.train.sampler import BPRSampler
@@ -75,9 +77,22 @@ def train(
     after each validation, once the epoch is saved; an exception it raises (a tuner's pruning)
     ends training there and propagates.
     """
-    run = RunDir(run_dir)
     opts = config.train
-    device = resolve_device(opts.device)
+    device = distributed.setup(resolve_device(opts.device))
+    rank, world_size = distributed.world()
+    main_run = RunDir(run_dir)
+    # Only rank 0 writes the run; the others keep their own saves in a scratch folder.
+    run = main_run if rank == 0 else RunDir(tempfile.mkdtemp(prefix=f"recsys-rank{rank}-"))
+    try:
+        return _train(ds, dataset_path, config, run, main_run, device, opts, resume, progress,
+                      on_validation, test)  # fmt: skip
+    finally:
+        if rank > 0:
+            shutil.rmtree(run.path, ignore_errors=True)
+
+
+def _train(ds, dataset_path, config, run, main_run, device, opts, resume, progress,
+           on_validation, test) -> dict:  # fmt: skip
     torch.manual_seed(opts.seed)
     model, graph, generator = build_model(config, ds, device)
     rng = np.random.default_rng(opts.seed)
@@ -100,8 +115,8 @@ def train(
     opts = dataclasses.replace(opts, batch_size=batch_size, lr=lr)
     optimizer = torch.optim.Adam(model.parameters(), lr=opts.lr) if model.trainable else None
     if resume:
-        ckpt = run.load_torch(run.checkpoint, device)
-        run.load_weights(model, run.checkpoint, ckpt.get("model"))
+        ckpt = main_run.load_torch(main_run.checkpoint, device)
+        run.load_weights(model, main_run.checkpoint, ckpt.get("model"))
         try:
             if optimizer is not None:
                 optimizer.load_state_dict(ckpt["optimizer"])
@@ -123,6 +138,7 @@ def train(
                     "fingerprint": ds.fingerprint,
                 },
                 "device": str(device),
+                "world_size": distributed.world()[1],
             }
         )
 
@@ -173,6 +189,7 @@ def _fit(
     on_validation,
 ):
     n_batches = sampler.n_batches(opts.batch_size)
+    step = distributed.wrap(model, device)
     last_metrics: dict = {}
     # "stopped" is saved with the checkpoint, so resuming an early-stopped run trains no further.
     while state["epoch"] < opts.epochs and not state.get("stopped"):
@@ -197,9 +214,9 @@ def _fit(
             leave=False,
         )
         for users, pos, neg in bar:
-            batch = Batch(*(torch.from_numpy(a).to(device) for a in (users, pos, neg)))
-            terms = model.loss_terms(batch, graph)
-            loss = sum(terms.values())
+            shard = distributed.shard((users, pos, neg))
+            batch = Batch(*(torch.from_numpy(a).to(device) for a in shard))
+            loss, terms = step(batch, graph)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -208,6 +225,7 @@ def _fit(
             bar.set_postfix(loss=f"{float(loss.detach()):.4f}", **last_metrics)
         if device.type == "cuda":
             torch.cuda.synchronize()
+        sums = distributed.mean_over_ranks(sums)
         epoch_seconds = time.perf_counter() - t0
         state["train_seconds"] += epoch_seconds
         row = {
@@ -285,7 +303,7 @@ def should_stop(epoch: int, best_epoch: int, opts) -> bool:
 def validate(model: Recommender, graph, seen, truth, ks) -> dict:
     model.eval()
     users, items = model.final_embeddings(graph)
-    return evaluate(users, items, seen, truth, tuple(ks)).metrics
+    return distributed.sharded_evaluate(users, items, seen, truth, tuple(ks))
 
 
 @torch.no_grad()
@@ -309,9 +327,9 @@ def finish(
     for split in ("valid", "test") if test else ("valid",):
         if getattr(ds, split) is not None:
             t0 = time.perf_counter()
-            summary[split] = evaluate(
+            summary[split] = distributed.sharded_evaluate(
                 users, items, ds.train, getattr(ds, split), tuple(opts.eval_k)
-            ).metrics
+            )
             summary[f"{split}_eval_seconds"] = time.perf_counter() - t0
     summary["peak_rss_mib"] = peak_rss_mib()
     run.write_summary(summary)
