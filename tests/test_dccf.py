@@ -12,13 +12,8 @@ import torch.nn.functional as F
 from recsys.data.synth import synth_log
 from recsys.graph import normalized_adjacency
 from recsys.models.base import Batch
-from recsys.models.dccf import (
-    DCCF,
-    DCCFParams,
-    edge_mask,
-    intent_aggregate,
-    learned_hop,
-)
+from recsys.models.dccf import DCCF, DCCFParams, intent_aggregate
+from recsys.models.learned_hop import edge_mask, learned_hop
 from recsys.train.sampler import BPRSampler
 
 
