@@ -121,8 +121,9 @@ def build_run_index(
 ) -> dict:
     """Build the run's `kind` index once, audit its recall@k against exact search, save both.
 
-    The audit queries are the embeddings of up to `AUDIT_USERS` users drawn with `seed`; the
-    index file and its JSON audit are each written atomically. Returns the audit.
+    The audit queries are the embeddings of up to `AUDIT_USERS` users with training items,
+    drawn with `seed`; the index file and its JSON audit are each written atomically. Returns
+    the audit.
     """
     run = RunDir(run_dir)
     run.read_config()
@@ -131,8 +132,9 @@ def build_run_index(
     t0 = time.perf_counter()
     index = build_index(items, kind, nlist=nlist, hnsw_m=hnsw_m, nprobe=nprobe)
     build_s = time.perf_counter() - t0
+    trained = np.flatnonzero(np.diff(run.load_dataset().train.indptr) > 0)  # real queries only
     rng = np.random.default_rng(seed)
-    sample = rng.choice(len(users), min(AUDIT_USERS, len(users)), replace=False)
+    sample = rng.choice(trained, min(AUDIT_USERS, len(trained)), replace=False)
     recall = recall_vs_exact(on_device(index), items, users[sample], min(k, len(items)))
     audit = {
         "kind": kind,
