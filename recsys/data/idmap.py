@@ -73,3 +73,16 @@ class IdMap:
     @classmethod
     def load(cls, path: Path, name: str) -> IdMap:
         return cls(pl.read_parquet(path)["id"], name)
+
+
+def positions(vocab: pl.Series, ids: pl.Series) -> pl.Series:
+    """(n,) UInt32: the position of each of `ids` in `vocab`, which is sorted and holds them all.
+
+    The dense-index form of `IdMap.index` for whole columns: strings go through an `Enum`
+    over `vocab` (one hash lookup each; a join was 2x slower on 16M string ids), integers
+    through a binary search.
+    """
+    if vocab.dtype == pl.String:
+        return ids.cast(pl.Enum(vocab)).to_physical().rename(ids.name)
+    found = np.searchsorted(vocab.to_numpy(), ids.to_numpy())
+    return pl.Series(ids.name, found.astype(np.uint32))
