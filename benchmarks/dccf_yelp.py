@@ -28,16 +28,13 @@ from pathlib import Path
 
 T_START = time.perf_counter()
 
-import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from bench_data import shared_dataset  # noqa: E402
 
 from recsys.data.dataset import Dataset  # noqa: E402
-from recsys.evaluate import evaluate  # noqa: E402
 from recsys.models import Batch  # noqa: E402
 from recsys.train.config import resolve_config  # noqa: E402
-from recsys.train.loop import build_model  # noqa: E402
-from recsys.train.sampler import BPRSampler  # noqa: E402
+from recsys.train.loop import Trainer  # noqa: E402
 
 
 def timed(fn, reps: int = 3) -> float:
@@ -108,14 +105,8 @@ def floor_of_step(model, graph, batch: Batch) -> dict[str, float]:
     }
 
 
-def step_seconds(model, optimizer, graph, batch: Batch) -> float:
-    def step():
-        loss = sum(model.loss_terms(batch, graph).values())
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-
-    return timed(step, reps=2)
+def step_seconds(trainer: Trainer, arrays) -> float:
+    return timed(lambda: trainer.step(*arrays), reps=2)
 
 
 def to_batch(arrays) -> Batch:
@@ -160,9 +151,8 @@ def main() -> None:
         **dict(o.split("=", 1) for o in args.option),
     }
     config = resolve_config("dccf", ("benchmark", options))
-    model, graph, _ = build_model(config, ds, torch.device("cpu"))
-    optimizer = torch.optim.Adam(model.parameters(), lr=config.train.lr)
-    sampler = BPRSampler(ds.train, np.random.default_rng(config.train.seed), config.train.sampling)
+    trainer = Trainer(config, ds)
+    model, graph, sampler = trainer.model, trainer.graph, trainer.sampler
     print(
         f"dccf on {args.data}: {ds.n_users} users, {ds.n_items} items, {ds.train.nnz} train edges; {config.params}"
     )
@@ -173,22 +163,11 @@ def main() -> None:
     print("\nepoch  epoch_s  train_s  wall_s  valid_R@20  test_R@20  test_N@20")
     epoch_times, train_s, epoch = [], 0.0, 0
     while train_s < 60 * args.minutes:
-        model.train()
-        t0 = time.perf_counter()
-        for arrays in sampler.epoch(args.batch_size):
-            loss = sum(model.loss_terms(to_batch(arrays), graph).values())
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-        epoch_times.append(time.perf_counter() - t0)
+        epoch_times.append(trainer.train_epoch()["epoch_seconds"])
         train_s += epoch_times[-1]
         epoch += 1
         if epoch % args.eval_every == 0 or train_s >= 60 * args.minutes:
-            model.eval()
-            with torch.no_grad():
-                users, items = model.final_embeddings(graph)
-            valid = evaluate(users, items, ds.train, ds.valid, (20,)).metrics
-            test = evaluate(users, items, ds.train, ds.test, (20,)).metrics
+            valid, test = trainer.validate("valid"), trainer.validate("test")
             wall = time.perf_counter() - T_START
             print(
                 f"{epoch:5d}  {epoch_times[-1]:7.1f}  {train_s:7.0f}  {wall:6.0f}  {valid['recall@20']:10.4f}  {test['recall@20']:9.4f}  {test['ndcg@20']:9.4f}",
@@ -196,10 +175,7 @@ def main() -> None:
             )
 
     def full_eval():
-        model.eval()
-        with torch.no_grad():
-            users, items = model.final_embeddings(graph)
-        evaluate(users, items, ds.train, ds.test, (20,))
+        trainer.validate("test")
 
     eval_s = timed(full_eval, reps=2)
     peak_gib = (
@@ -221,9 +197,10 @@ def main() -> None:
 
     print("\nbatch  steps/epoch  distinct u/i  step_s  epoch_s(est)  floor_epoch_s  ratio")
     for size in (int(s) for s in args.trade.split(",")):
-        batch = to_batch(next(sampler.epoch(size)))
+        arrays = next(sampler.epoch(size))
+        batch = to_batch(arrays)
         steps = sampler.n_batches(size)
-        step = step_seconds(model, optimizer, graph, batch)
+        step = step_seconds(trainer, arrays)
         f = floor_of_step(model, graph, batch)
         floor_s = steps * (f["sparse"] + f["intents"] + f["info_nce"])
         print(

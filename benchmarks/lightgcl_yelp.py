@@ -20,7 +20,6 @@ import statistics
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 from bench_data import shared_dataset
 
@@ -28,8 +27,7 @@ from recsys.data.dataset import Dataset
 from recsys.evaluate import evaluate
 from recsys.models import Batch, contrast
 from recsys.train.config import resolve_config
-from recsys.train.loop import build_model, peak_rss_mib, resolve_device
-from recsys.train.sampler import BPRSampler
+from recsys.train.loop import Trainer, peak_rss_mib, resolve_device
 
 
 def sync(device: torch.device) -> None:
@@ -60,11 +58,11 @@ def floor_seconds(counts: tuple[int, int], cands: list[torch.Tensor], device) ->
 def step_seconds(ds, options: dict, seed: int, device, limit: int, floor: bool = False):
     """Median step seconds, steps per epoch, and (with `floor`) the median ratio of each step
     to its own floor, timed right after it on the same anchor counts (robust to a shared CPU)."""
-    config = resolve_config("lightgcl", ("benchmark", options))
-    model, graph, _ = build_model(config, ds, device)
-    model.train()
-    optimizer = torch.optim.Adam(model.parameters(), lr=config.train.lr)
-    sampler = BPRSampler(ds.train, np.random.default_rng(seed))
+    config = resolve_config(
+        "lightgcl", ("benchmark", {**options, "seed": seed, "device": str(device)})
+    )
+    trainer = Trainer(config, ds)
+    sampler = trainer.sampler
     cands = [torch.randn(n, config.params.dim, device=device) for n in (ds.n_users, ds.n_items)]
     times, floors = [], []
     for i, arrays in enumerate(sampler.epoch(config.train.batch_size)):
@@ -73,10 +71,7 @@ def step_seconds(ds, options: dict, seed: int, device, limit: int, floor: bool =
         batch = to_batch(arrays, device)
         sync(device)
         t0 = time.perf_counter()
-        loss = sum(model.loss_terms(batch, graph).values())
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+        trainer.step(*arrays)
         sync(device)
         times.append(time.perf_counter() - t0)
         if floor:
@@ -106,31 +101,22 @@ def recall_against_time(
     """
     start = time.perf_counter()
     ds = Dataset.load(data)
-    config = resolve_config("lightgcl", ("benchmark", options))
-    model, graph, _ = build_model(config, ds, device)
-    optimizer = torch.optim.Adam(model.parameters(), lr=config.train.lr)
-    sampler = BPRSampler(ds.train, np.random.default_rng(seed))
+    config = resolve_config(
+        "lightgcl", ("benchmark", {**options, "seed": seed, "device": str(device)})
+    )
+    trainer = Trainer(config, ds)
     paused, epoch, best_valid, selected, reached = 0.0, 0, -1.0, None, None
     print(
         f"{'epoch':>5} {'wall s':>7} {'valid R@20':>10} {'test R@20':>9} {'test N@20':>9} {'selected R@20':>13}"
     )
     while time.perf_counter() - start - paused < 60 * minutes:
         epoch += 1
-        model.train()
-        for arrays in sampler.epoch(config.train.batch_size):
-            batch = to_batch(arrays, device)
-            loss = sum(model.loss_terms(batch, graph).values())
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-        model.eval()
-        with torch.no_grad():
-            emb = model.final_embeddings(graph)
-            valid = evaluate(*emb, ds.train, ds.valid, (20,)).metrics["recall@20"]
-            wall = time.perf_counter() - start - paused
-            t0 = time.perf_counter()
-            test = evaluate(*emb, ds.train, ds.test, (20,)).metrics
-            paused += time.perf_counter() - t0
+        trainer.train_epoch()
+        valid = trainer.validate("valid")["recall@20"]
+        wall = time.perf_counter() - start - paused
+        t0 = time.perf_counter()
+        test = trainer.validate("test")
+        paused += time.perf_counter() - t0
         if valid > best_valid:
             best_valid, selected = valid, test
         if reached is None and selected["recall@20"] >= target:

@@ -267,13 +267,11 @@ def test_a_failed_first_start_leaves_nothing_and_restarts_without_overwrite(
     root = fresh_copy(trained, tmp_path / "case")
     from recsys.train import loop
 
-    real = loop._fit
-    monkeypatch.setattr(
-        loop, "_fit", lambda *a, **k: (_ for _ in ()).throw(api.RunError("planted"))
-    )
+    real = loop.fit
+    monkeypatch.setattr(loop, "fit", lambda *a, **k: (_ for _ in ()).throw(api.RunError("planted")))
     code, _ = run(["train", root / "data", "--out", root / "new", "--model", "mf"])
     assert code == 1 and not (root / "new").exists()
-    monkeypatch.setattr(loop, "_fit", real)
+    monkeypatch.setattr(loop, "fit", real)
     code, err = run(
         ["train", root / "data", "--out", root / "new", "--model", "mf", "--epochs", "1"]
     )

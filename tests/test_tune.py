@@ -43,8 +43,12 @@ def test_planted_warm_up_dip_does_not_stop_training(synth_dataset, tmp_path, mon
     # validation rises at epoch 1, dips for 14 epochs, then climbs to its best at epoch 25
     curve = [0.3] + [0.1] * 14 + [0.31 + 0.01 * i for i in range(10)] + [0.35] * 20
     calls = iter(curve)
-    monkeypatch.setattr(loop, "validate", lambda *a, **k: {"recall@20": next(calls)})
-    monkeypatch.setattr(loop, "finish", lambda *a, **k: {"epochs": a[4]["epoch"], "best": a[4]})
+    monkeypatch.setattr(loop.Trainer, "validate", lambda *a, **k: {"recall@20": next(calls)})
+    monkeypatch.setattr(
+        loop,
+        "finish",
+        lambda trainer, *a, **k: {"epochs": trainer.state["epoch"], "best": trainer.state},
+    )
     options = {**FAST, "epochs": 60, "patience": 10, "min_epochs": 20, "eval_k": "20"}
     summary = api.train(synth_dataset, tmp_path / "dip", "mf", options, progress=False)
     assert summary["best"]["best_epoch"] == 25 and summary["epochs"] == 35

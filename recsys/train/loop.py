@@ -58,6 +58,127 @@ def peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+class Trainer:
+    """One model in training, in memory: model, graph, optimizer, sampler and their state.
+
+    `step` takes one optimizer step on a global batch, `train_epoch` one pass over the training
+    interactions, `validate` scores a split, `checkpoint`/`restore` save and reload everything a
+    resume needs. The run directory, early stopping and the summary belong to `train`, the one
+    loop built on it; benchmarks and tuning drive a Trainer directly, and under torchrun each
+    rank's Trainer trains on its rows of every batch (see recsys.train.distributed).
+
+        >>> trainer = Trainer(resolve_config("lightgcn", ("mine", {"dim": 32})), ds)
+        >>> for epoch in range(20):
+        ...     trainer.train_epoch()
+        ...     print(trainer.validate()["recall@20"])
+    """
+
+    def __init__(self, config: RunConfig, ds: Dataset):
+        self.config, self.ds = config, ds
+        self.device = distributed.setup(resolve_device(config.train.device))
+        torch.manual_seed(config.train.seed)
+        self.model, self.graph, self.generator = build_model(config, ds, self.device)
+        batch_size, lr = steps_for_log(config.train, ds.train.nnz, self.model.propagates)
+        if (batch_size, lr) != (config.train.batch_size, config.train.lr):
+            log.info(
+                "%d training interactions: batch %d, lr %.3g (at most %d propagations per epoch)",
+                ds.train.nnz, batch_size, lr, config.train.max_steps,
+            )  # fmt: skip
+        self.opts = dataclasses.replace(config.train, batch_size=batch_size, lr=lr)
+        self.rng = np.random.default_rng(self.opts.seed)
+        self.state = {"epoch": 0, "best": -math.inf, "best_epoch": 0, "train_seconds": 0.0}
+        self.optimizer = self.sampler = self._loss = None
+        if self.model.trainable:
+            self.optimizer = torch.optim.Adam(self.model.parameters(), lr=self.opts.lr)
+            self.sampler = BPRSampler(ds.train, self.rng, self.opts.sampling)
+            self._loss = distributed.wrap(self.model, self.device)
+
+    def step(self, users: np.ndarray, pos: np.ndarray, neg: np.ndarray) -> dict[str, float]:
+        """One optimizer step on a global batch of BPR triples; each loss term's value."""
+        self.model.train()
+        shard = distributed.shard((users, pos, neg))
+        batch = Batch(*(torch.from_numpy(a).to(self.device) for a in shard))
+        loss, terms = self._loss(batch, self.graph)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        return {name: float(value.detach()) for name, value in terms.items()}
+
+    def train_epoch(self, progress: bool = False) -> dict:
+        """One pass over the training interactions (or the closed-form fit of a baseline).
+
+        Returns the epoch's mean loss terms, their sum as "loss", and its seconds; a loss that
+        is not finite raises RunError.
+        """
+        epoch = self.state["epoch"] + 1
+        t0 = time.perf_counter()
+        if not self.model.trainable:
+            self.model.fit(self.ds.train)
+            row = {"epoch": epoch}
+        else:
+            n_batches = self.sampler.n_batches(self.opts.batch_size)
+            bar = tqdm(
+                self.sampler.epoch(self.opts.batch_size),
+                total=n_batches,
+                desc=f"epoch {epoch}",
+                file=sys.stderr,
+                disable=not progress or not sys.stderr.isatty(),  # logs get a line per epoch
+                leave=False,
+            )
+            sums: dict[str, float] = {}
+            for arrays in bar:
+                for name, value in self.step(*arrays).items():
+                    sums[name] = sums.get(name, 0.0) + value
+                bar.set_postfix(loss=f"{sum(sums.values()) / (bar.n + 1):.4f}")
+            if self.device.type == "cuda":
+                torch.cuda.synchronize()
+            means = {k: v / n_batches for k, v in distributed.mean_over_ranks(sums).items()}
+            row = {"epoch": epoch, "loss": sum(means.values()), **means}
+            if not all(math.isfinite(v) for v in row.values()):
+                raise RunError(
+                    f"loss became {row['loss']} at epoch {epoch}; lower --lr or raise regularisation"
+                )
+        row["epoch_seconds"] = time.perf_counter() - t0
+        self.state["epoch"] = epoch
+        self.state["train_seconds"] += row["epoch_seconds"]
+        return row
+
+    @torch.no_grad()
+    def embeddings(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Final user and item embeddings of the current weights."""
+        self.model.eval()
+        return self.model.final_embeddings(self.graph)
+
+    def validate(self, split: str = "valid") -> dict:
+        """Full-ranking metrics on `split`, training items excluded."""
+        users, items = self.embeddings()
+        return distributed.sharded_evaluate(
+            users, items, self.ds.train, self.ds.split(split), tuple(self.opts.eval_k)
+        )
+
+    def checkpoint(self) -> dict:
+        return {
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict() if self.optimizer else {},
+            "state": self.state,
+            "numpy_rng": self.rng.bit_generator.state,
+            "torch_rng": self.generator.get_state(),
+        }
+
+    def restore(self, run: RunDir, source: RunDir) -> None:
+        """Continue from `source`'s checkpoint (rank 0's, under torchrun)."""
+        ckpt = source.load_torch(source.checkpoint, self.device)
+        run.load_weights(self.model, source.checkpoint, ckpt.get("model"))
+        try:
+            if self.optimizer is not None:
+                self.optimizer.load_state_dict(ckpt["optimizer"])
+            self.state = {**self.state, **ckpt["state"]}
+            self.rng.bit_generator.state = ckpt["numpy_rng"]
+            self.generator.set_state(ckpt["torch_rng"].cpu())
+        except (KeyError, TypeError, ValueError, RuntimeError, AttributeError) as e:
+            raise RunError(f"{source.checkpoint}: damaged training state ({e!r:.200})") from None
+
+
 def train(
     ds: Dataset,
     dataset_path: str | Path,
@@ -77,213 +198,87 @@ def train(
     after each validation, once the epoch is saved; an exception it raises (a tuner's pruning)
     ends training there and propagates.
     """
-    opts = config.train
-    device = distributed.setup(resolve_device(opts.device))
-    rank, world_size = distributed.world()
+    metric = config.train.metric.lower()
+    if ds.valid is not None and metric not in {
+        f"{m}@{k}"
+        for m in ("recall", "ndcg", "precision", "hit", "mrr")
+        for k in config.train.eval_k
+    }:
+        raise ConfigError(
+            f"metric {config.train.metric!r} is not computed; use one of recall|ndcg|precision|hit|mrr @ one of eval_k {config.train.eval_k}"
+        )
+    trainer = Trainer(config, ds)
+    rank = distributed.world()[0]
     main_run = RunDir(run_dir)
     # Only rank 0 writes the run; the others keep their own saves in a scratch folder.
     run = main_run if rank == 0 else RunDir(tempfile.mkdtemp(prefix=f"recsys-rank{rank}-"))
     try:
-        return _train(ds, dataset_path, config, run, main_run, device, opts, resume, progress,
-                      on_validation, test)  # fmt: skip
+        if resume:
+            trainer.restore(run, main_run)
+            run.truncate_metrics(trainer.state["epoch"])
+            log.info("resuming %s from epoch %d", main_run.path, trainer.state["epoch"])
+        else:
+            run.path.mkdir(parents=True, exist_ok=True)
+            run.metrics_log.unlink(missing_ok=True)
+            dataset = {"path": str(Path(dataset_path).resolve()), "fingerprint": ds.fingerprint}
+            run.write_config({**config.to_dict(), "dataset": dataset, "device": str(trainer.device),
+                              "world_size": distributed.world()[1]})  # fmt: skip
+        if not trainer.model.trainable:
+            trainer.train_epoch()
+            run.save_torch(run.best, trainer.model.state_dict())
+        else:
+            fit(trainer, run, metric, progress, on_validation)
+        return finish(trainer, run, test)
     finally:
         if rank > 0:
             shutil.rmtree(run.path, ignore_errors=True)
 
 
-def _train(ds, dataset_path, config, run, main_run, device, opts, resume, progress,
-           on_validation, test) -> dict:  # fmt: skip
-    torch.manual_seed(opts.seed)
-    model, graph, generator = build_model(config, ds, device)
-    rng = np.random.default_rng(opts.seed)
-    has_valid = ds.valid is not None
-    metric_name = opts.metric.lower()
-    if has_valid and metric_name not in {
-        f"{m}@{k}" for m in ("recall", "ndcg", "precision", "hit", "mrr") for k in opts.eval_k
-    }:
-        raise ConfigError(
-            f"metric {opts.metric!r} is not computed; use one of recall|ndcg|precision|hit|mrr @ one of eval_k {opts.eval_k}"
+def fit(trainer: Trainer, run: RunDir, metric: str, progress: bool, on_validation) -> None:
+    """Epochs until `epochs`, early stopping or the time budget; each one logged and saved."""
+    opts, state, has_valid = trainer.opts, trainer.state, trainer.ds.valid is not None
+    if not has_valid:
+        log.warning(
+            "dataset has no validation split: training a fixed %d epochs and keeping the last weights",
+            opts.epochs,
         )
-
-    state = {"epoch": 0, "best": -math.inf, "best_epoch": 0, "train_seconds": 0.0}
-    batch_size, lr = steps_for_log(opts, ds.train.nnz, model.propagates)
-    if (batch_size, lr) != (opts.batch_size, opts.lr):
-        log.info(
-            "%d training interactions: batch %d, lr %.3g (at most %d propagations per epoch)",
-            ds.train.nnz, batch_size, lr, opts.max_steps,
-        )  # fmt: skip
-    opts = dataclasses.replace(opts, batch_size=batch_size, lr=lr)
-    optimizer = torch.optim.Adam(model.parameters(), lr=opts.lr) if model.trainable else None
-    if resume:
-        ckpt = main_run.load_torch(main_run.checkpoint, device)
-        run.load_weights(model, main_run.checkpoint, ckpt.get("model"))
-        try:
-            if optimizer is not None:
-                optimizer.load_state_dict(ckpt["optimizer"])
-            state = {**state, **ckpt["state"]}
-            rng.bit_generator.state = ckpt["numpy_rng"]
-            generator.set_state(ckpt["torch_rng"].cpu())
-        except (KeyError, TypeError, ValueError, RuntimeError, AttributeError) as e:
-            raise RunError(f"{run.checkpoint}: damaged training state ({e!r:.200})") from None
-        run.truncate_metrics(state["epoch"])
-        log.info("resuming %s from epoch %d", run.path, state["epoch"])
-    else:
-        run.path.mkdir(parents=True, exist_ok=True)
-        run.metrics_log.unlink(missing_ok=True)
-        run.write_config(
-            {
-                **config.to_dict(),
-                "dataset": {
-                    "path": str(Path(dataset_path).resolve()),
-                    "fingerprint": ds.fingerprint,
-                },
-                "device": str(device),
-                "world_size": distributed.world()[1],
-            }
-        )
-
-    if not model.trainable:
-        t0 = time.perf_counter()
-        model.fit(ds.train)
-        state["train_seconds"] = time.perf_counter() - t0
-        run.save_torch(run.best, model.state_dict())
-    else:
-        if not has_valid:
-            log.warning(
-                "dataset has no validation split: training a fixed %d epochs and keeping the last weights",
-                opts.epochs,
-            )
-        sampler = BPRSampler(ds.train, rng, opts.sampling)
-        _fit(
-            model,
-            graph,
-            optimizer,
-            sampler,
-            ds,
-            opts,
-            run,
-            state,
-            has_valid,
-            metric_name,
-            device,
-            progress,
-            on_validation,
-        )
-
-    return finish(model, graph, ds, run, state, opts, test)
-
-
-def _fit(
-    model,
-    graph,
-    optimizer,
-    sampler,
-    ds,
-    opts,
-    run,
-    state,
-    has_valid,
-    metric_name,
-    device,
-    progress,
-    on_validation,
-):
-    n_batches = sampler.n_batches(opts.batch_size)
-    step = distributed.wrap(model, device)
-    last_metrics: dict = {}
     # "stopped" is saved with the checkpoint, so resuming an early-stopped run trains no further.
     while state["epoch"] < opts.epochs and not state.get("stopped"):
         if opts.max_minutes and state["train_seconds"] > 60 * opts.max_minutes:
-            log.info(
-                "time budget of %.1f minutes reached after %d epochs",
-                opts.max_minutes,
-                state["epoch"],
-            )
+            log.info("time budget of %.1f minutes reached after %d epochs", opts.max_minutes,
+                     state["epoch"])  # fmt: skip
             break
-        epoch = state["epoch"] + 1
         threads = rebalance()
-        model.train()
-        t0 = time.perf_counter()
-        sums: dict[str, float] = {}
-        bar = tqdm(
-            sampler.epoch(opts.batch_size),
-            total=n_batches,
-            desc=f"epoch {epoch}",
-            file=sys.stderr,
-            disable=not progress or not sys.stderr.isatty(),  # logs get one line per epoch instead
-            leave=False,
-        )
-        for users, pos, neg in bar:
-            shard = distributed.shard((users, pos, neg))
-            batch = Batch(*(torch.from_numpy(a).to(device) for a in shard))
-            loss, terms = step(batch, graph)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            for name, value in terms.items():
-                sums[name] = sums.get(name, 0.0) + float(value.detach())
-            bar.set_postfix(loss=f"{float(loss.detach()):.4f}", **last_metrics)
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        sums = distributed.mean_over_ranks(sums)
-        epoch_seconds = time.perf_counter() - t0
-        state["train_seconds"] += epoch_seconds
-        row = {
-            "epoch": epoch,
-            "loss": sum(sums.values()) / n_batches,
-            **{k: v / n_batches for k, v in sums.items()},
-        }
-        if not all(math.isfinite(v) for v in row.values()):
-            raise RunError(
-                f"{run.path}: loss became {row['loss']} at epoch {epoch}; lower --lr or raise regularisation"
-            )
-        row.update(
-            epoch_seconds=epoch_seconds, elapsed_seconds=state["train_seconds"], threads=threads
-        )
-        state["epoch"] = epoch
-        stop = False
+        try:
+            row = trainer.train_epoch(progress)
+        except RunError as e:
+            raise RunError(f"{run.path}: {e}") from None
+        epoch = row["epoch"]
+        row.update(elapsed_seconds=state["train_seconds"], threads=threads)
+        stop, shown = False, ""
         if has_valid and (epoch % opts.eval_every == 0 or epoch == opts.epochs):
             t1 = time.perf_counter()
-            result = validate(model, graph, ds.train, ds.valid, opts.eval_k)
+            row["valid"] = trainer.validate()
             row["eval_seconds"] = time.perf_counter() - t1
-            row["valid"] = result
-            score = result[metric_name]
-            last_metrics = {metric_name: f"{score:.4f}"}
+            score = row["valid"][metric]
+            shown = f"{metric} {score:.4f}"
             if score > state["best"]:
                 state.update(best=score, best_epoch=epoch)
-                run.save_torch(run.best, model.state_dict())
+                run.save_torch(run.best, trainer.model.state_dict())
             stop = state["stopped"] = should_stop(epoch, state["best_epoch"], opts)
         elif not has_valid:
             state["best_epoch"] = epoch
-            run.save_torch(run.best, model.state_dict())
+            run.save_torch(run.best, trainer.model.state_dict())
         run.append_metrics(row)
-        log.info(
-            "epoch %d  loss %.4f  %.1fs  %s",
-            epoch,
-            row["loss"],
-            epoch_seconds,
-            " ".join(f"{k} {v}" for k, v in last_metrics.items()),
-        )
-        run.save_torch(
-            run.checkpoint,
-            {
-                "model": model.state_dict(),
-                "optimizer": optimizer.state_dict(),
-                "state": state,
-                "numpy_rng": sampler.rng.bit_generator.state,
-                "torch_rng": model.generator.get_state(),
-            },
-        )
+        log.info("epoch %d  loss %.4f  %.1fs  %s", epoch, row["loss"], row["epoch_seconds"], shown)
+        run.save_torch(run.checkpoint, trainer.checkpoint())
         if on_validation is not None and "valid" in row:
-            on_validation(epoch, row["valid"][metric_name])
+            on_validation(epoch, row["valid"][metric])
         if stop:
             log.info(
                 "early stop: %s has not improved for %d epochs (best %.4f at epoch %d)",
-                metric_name,
-                epoch - state["best_epoch"],
-                state["best"],
-                state["best_epoch"],
-            )
+                metric, epoch - state["best_epoch"], state["best"], state["best_epoch"],
+            )  # fmt: skip
             break
 
 
@@ -300,35 +295,28 @@ def should_stop(epoch: int, best_epoch: int, opts) -> bool:
 
 
 @torch.no_grad()
-def validate(model: Recommender, graph, seen, truth, ks) -> dict:
-    model.eval()
-    users, items = model.final_embeddings(graph)
-    return distributed.sharded_evaluate(users, items, seen, truth, tuple(ks))
-
-
-@torch.no_grad()
-def finish(
-    model: Recommender, graph, ds: Dataset, run: RunDir, state: dict, opts, test: bool = True
-) -> dict:
+def finish(trainer: Trainer, run: RunDir, test: bool = True) -> dict:
     """Restore the best weights, then write embeddings, index and the final summary."""
-    run.load_weights(model, run.best)
-    model.eval()
-    users, items = (t.float().cpu().numpy() for t in model.final_embeddings(graph))
+    run.load_weights(trainer.model, run.best)
+    users, items = (t.float().cpu().numpy() for t in trainer.embeddings())
     run.save_embeddings(users, items)
     save_index(build_index(items), run.index)
+    state = trainer.state
     summary = {
         "best_epoch": state["best_epoch"],
         "epochs": state["epoch"],
         "train_seconds": state["train_seconds"],
+        "batch_size": trainer.opts.batch_size,
+        "lr": trainer.opts.lr,
     }
     rows = run.read_metrics()
     if rows:
         summary["seconds_per_epoch"] = float(np.median([r["epoch_seconds"] for r in rows]))
     for split in ("valid", "test") if test else ("valid",):
-        if getattr(ds, split) is not None:
+        if getattr(trainer.ds, split) is not None:
             t0 = time.perf_counter()
             summary[split] = distributed.sharded_evaluate(
-                users, items, ds.train, getattr(ds, split), tuple(opts.eval_k)
+                users, items, trainer.ds.train, trainer.ds.split(split), tuple(trainer.opts.eval_k)
             )
             summary[f"{split}_eval_seconds"] = time.perf_counter() - t0
     summary["peak_rss_mib"] = peak_rss_mib()
