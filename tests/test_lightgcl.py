@@ -99,7 +99,9 @@ def test_svd_factors_stay_out_of_checkpoints_and_are_recomputed_identically():
 
 
 def test_unknown_negatives_mode_is_a_config_error():
-    with pytest.raises(ConfigError, match="'negatives' must be one of all, batch, sampled, got 'some'"):
+    with pytest.raises(
+        ConfigError, match="'negatives' must be one of all, batch, sampled, got 'some'"
+    ):
         resolve_config("lightgcl", ("cli", {"negatives": "some"}))
 
 
