@@ -203,7 +203,7 @@ def evaluate_run(
     seen = ds.train
     if exclude_valid and split == "test" and ds.valid is not None:
         seen = ds.train + ds.valid
-    result = evaluate(users, items, seen, ds.split(split), ks)
+    result = evaluate(users, items, seen, ds.split(split), ks, progress=True)
     out = {"run": str(run.path), "split": split, "metrics": result.metrics}
     if by_degree:
         out["by_degree"] = metrics_by_degree(result, ds.train)

@@ -3,9 +3,10 @@
     >>> from recsys.benchmark import run_benchmark
     >>> run_benchmark("data/sample.csv", "results/sample", ["mostpop", "als", "lightgcn"], budget_minutes=3)
 
-Each model is tuned by `recsys tune` (Optuna TPE on the validation split, median pruning; the
-model's defaults are the first trial) in a subprocess of its own, so its peak RSS is its own and
-its `--threads` is the benchmark's. The budget is shared: the closed-form baselines (ALS, BPR)
+Each model is tuned by `recsys.tune.tune`, in process (Optuna TPE on the validation split,
+median pruning; the model's defaults are the first trial), with the benchmark's `--threads`;
+its row records the `recsys tune` command that reproduces it. Peak RSS is the process's
+high-water mark so far, so it bounds a model's own from above. The budget is shared: the closed-form baselines (ALS, BPR)
 take at most a minute each, MostPop one trial, and the gradient-trained models split the rest
 evenly (whatever a model leaves unused goes to the ones after it). The best trial of each model
 is its row; test is evaluated once, for that trial only. A row whose best validation Recall@20
@@ -14,7 +15,7 @@ never rose above MostPop's is flagged, in the table and in the log.
 The results folder holds `results.md`, `results.csv`, `curves.png`, `by_degree.png`,
 `popularity.png`, `data/` (when given a log), `tune/<model>/` (the study, every finished trial's
 run directory, `best.toml`; the best run holds a `manifest.json`: data and split fingerprint,
-config, seed, package versions, device) and `logs/<model>.log`.
+config, seed, package versions, device).
 """
 
 from __future__ import annotations
@@ -26,8 +27,6 @@ import logging
 import os
 import platform
 import shlex
-import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -42,7 +41,7 @@ import recsys
 from recsys import api
 from recsys.atomic import atomic_write, claim_output, removed_on_failure, write_json, write_marker
 from recsys.data.dataset import Dataset
-from recsys.errors import ConfigError
+from recsys.errors import ConfigError, RecsysError
 from recsys.evaluate import evaluate
 from recsys.index import search
 from recsys.models import model_class
@@ -163,29 +162,26 @@ def mostpop_valid_recall(ds: Dataset) -> float:
 def tuned_run(
     name: str, data_dir: Path, out: Path, minutes: float, seed: int, threads: int | None
 ) -> dict:
-    """`recsys tune` for `name` in a subprocess; the table row of its best trial."""
+    """`recsys tune` for `name`, in process; the table row of its best trial (and the
+    command that reproduces it)."""
+    from recsys import tune as tuning
+    from recsys.threads import use_threads
+
     tune_dir = out / "tune" / name
     args = [
         "tune", str(data_dir), "--model", name, "--out", str(tune_dir),
-        "--budget-minutes", f"{minutes:.3g}", "--seed", str(seed), "--overwrite", "--json",
+        "--budget-minutes", f"{minutes:.3g}", "--seed", str(seed), "--overwrite",
     ]  # fmt: skip
     if threads is not None:
         args += ["--threads", str(threads)]
     row: dict[str, Any] = {"model": name, "tune_command": shlex.join(["recsys", *args])}
-    log_path = out / "logs" / f"{name}.log"
-    log_path.parent.mkdir(parents=True, exist_ok=True)
     log.info("benchmark: %s", row["tune_command"])
-    with open(log_path, "w") as err:
-        proc = subprocess.run(
-            [sys.executable, "-m", "recsys", *args], stdout=subprocess.PIPE, stderr=err, text=True
-        )
-    if proc.returncode != 0:
-        last = [line for line in log_path.read_text().splitlines() if line.strip()][-1:] or [
-            "no output"
-        ]
-        log.warning("benchmark: %s failed: %s", name, last[0])
-        return row | {"status": f"failed (exit {proc.returncode}): {last[0]}"}
-    study = json.loads(proc.stdout)
+    use_threads(threads)
+    try:
+        study = tuning.tune(data_dir, tune_dir, name, minutes, None, None, {}, seed, True)
+    except RecsysError as e:
+        log.warning("benchmark: %s failed: %s", name, e)
+        return row | {"status": f"failed: {e}"}
     best = study["best"]
     if best is None:
         return row | {"status": f"no trial finished in {minutes:.2g} minutes"}

@@ -17,11 +17,13 @@ lower first, so the result never depends on the order torch's top-k happens to r
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
 
 import numpy as np
 import scipy.sparse as sp
 import torch
+from tqdm import tqdm
 
 METRICS = ("recall", "ndcg", "precision", "hit", "mrr")
 
@@ -88,6 +90,7 @@ def evaluate(
     ks: tuple[int, ...] = (10, 20, 40),
     block_bytes: int = 256 * 2**20,
     device: torch.device | str | None = None,
+    progress: bool = False,
 ) -> EvalResult:
     """Full-ranking metrics for every user with true items.
 
@@ -98,6 +101,7 @@ def evaluate(
         ks: cut-offs, all computed from one top-max(ks) pass.
         block_bytes: bound on the (users × items) score block held at once.
         device: where to score; defaults to the embeddings' device.
+        progress: a progress bar over the user blocks on stderr (when it is a terminal).
     """
     device = device or (user_emb.device if isinstance(user_emb, torch.Tensor) else "cpu")
     users_t, items_t = _as_tensor(user_emb, device), _as_tensor(item_emb, device)
@@ -114,7 +118,10 @@ def evaluate(
     per_user = {f"{m}@{k}": np.empty(len(eval_users)) for k in ks for m in METRICS}
     recommended = {k: torch.zeros(n_items, dtype=torch.bool, device=device) for k in ks}
 
-    for start in range(0, len(eval_users), block):
+    starts = range(0, len(eval_users), block)
+    bar = tqdm(starts, desc="evaluating", unit="block", file=sys.stderr, leave=False,
+               disable=not progress or not sys.stderr.isatty())  # fmt: skip
+    for start in bar:
         rows = eval_users[start : start + block]
         scores = users_t[torch.from_numpy(rows).to(device)] @ items_t.T
         if seen is not None:

@@ -90,7 +90,7 @@ def test_table_numbers_are_the_chosen_trials_and_say_how_they_were_chosen(result
     )
 
 
-def test_threads_reach_the_subprocesses(results):
+def test_threads_reach_every_trial(results):
     out, _ = results
     rows = {r["model"]: r for r in csv.DictReader(open(out / "results.csv"))}
     assert "--threads 1" in rows["mf"]["tune_command"]
