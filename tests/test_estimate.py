@@ -1,0 +1,103 @@
+"""The memory and time estimate: its formula by hand, and its peak against a measured run."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from recsys.train import estimate as est
+from recsys.train.estimate import available_bytes, estimate
+
+MIB = 2**20
+
+
+def test_small_graph_peak_is_fixed_costs_plus_the_evaluation_block():
+    # 1000 users, 500 items, 10k edges, d = 8, L = 2, b = 100: activations 4·1500·8·4·2 =
+    # 384 000 and batch rows 4·100·8·6 = 19 200 bytes, both below the 256 MiB score block.
+    got = estimate(1000, 500, 10_000, 8, 2, 100, "lightgcn", steps_per_epoch=10)
+    fixed = 300 * MIB + 12 * 10_000 + 40 * 10_000 + 16 * 1500 + 4 * 1500 * 8 * 4
+    assert got["peak_bytes"] == fixed + 256 * MIB == 583_744_256
+    # 10 steps of C_E·(10 000·8·2) + C_N·(1500·8·3)
+    seconds = 10 * (est.SECONDS_PER_EDGE_DIM * 160_000 + est.SECONDS_PER_NODE_DIM * 36_000)
+    assert got["epoch_seconds"] == pytest.approx(seconds)
+
+
+def test_large_graph_peak_counts_activations_per_layer_and_model():
+    # 800k users + 160k items, 11.5M edges, d = 64, L = 3, b = 115k (the 16M log).
+    nodes, edges, dim, batch = 960_000, 11_500_000, 64, 115_000
+    fixed = 300 * MIB + 52 * edges + 16 * nodes + 16 * nodes * dim
+    for model, per_layer in (("lightgcn", 4), ("lightgcl", 8), ("dccf", 12)):
+        step = 4 * nodes * dim * per_layer * 3 + 24 * batch * dim
+        got = estimate(800_000, 160_000, edges, dim, 3, batch, model, steps_per_epoch=100)
+        assert got["peak_bytes"] == fixed + step
+    lightgcn = estimate(800_000, 160_000, edges, dim, 3, batch, "lightgcn", 100)
+    # 100·(2.8e-9·11.5M·64·3 + 2.5e-8·960k·64·4) = 100·(6.18 + 6.14) s
+    expected = 100 * (
+        est.SECONDS_PER_EDGE_DIM * edges * dim * 3 + est.SECONDS_PER_NODE_DIM * nodes * dim * 4
+    )
+    assert lightgcn["epoch_seconds"] == pytest.approx(expected)
+
+
+def test_time_is_linear_in_steps_and_models_cost_in_order():
+    args = (50_000, 10_000, 1_000_000, 64, 3, 2048)
+    one = estimate(*args, "lightgcn", steps_per_epoch=1)["epoch_seconds"]
+    assert estimate(*args, "lightgcn", 40)["epoch_seconds"] == pytest.approx(40 * one)
+    costs = [estimate(*args, m, 1)["epoch_seconds"] for m in ("lightgcn", "lightgcl", "dccf")]
+    assert costs == sorted(costs) and costs[0] < costs[2]
+
+
+def test_a_model_without_propagation_ignores_layers_and_the_graph():
+    mf = estimate(1000, 500, 10_000, 8, 3, 100, "mf", 10)
+    assert mf == estimate(1000, 500, 10_000, 8, 0, 100, "mf", 10)
+    assert mf["peak_bytes"] == 300 * MIB + 12 * 10_000 + 16 * 1500 + 4 * 1500 * 8 * 4 + 256 * MIB
+    assert mf["epoch_seconds"] == pytest.approx(10 * est.SECONDS_PER_NODE_DIM * 1500 * 8)
+
+
+def test_available_bytes_is_below_physical_memory(monkeypatch):
+    total = est.meminfo_available()
+    if total is None:
+        pytest.skip("no /proc/meminfo on this system")
+    assert 0 < available_bytes() <= total
+    limits = {"/sys/fs/cgroup/memory.max": 2 * MIB * 1024, "/sys/fs/cgroup/memory.current": MIB}
+    monkeypatch.setattr(est, "read_int", limits.get)
+    assert available_bytes() == min(total, 2 * MIB * 1024 - MIB)
+
+
+def test_read_int_treats_an_unlimited_cgroup_as_no_value(tmp_path):
+    (tmp_path / "max").write_text("max\n")
+    (tmp_path / "n").write_text("123\n")
+    assert est.read_int(str(tmp_path / "max")) is None
+    assert est.read_int(str(tmp_path / "n")) == 123
+    assert est.read_int(str(tmp_path / "missing")) is None
+
+
+TRAIN_ONE_EPOCH = """
+import json, sys
+import torch
+from recsys import api
+torch.set_num_threads(1)
+api.synth(sys.argv[1] + "/log.csv", n_users=2000, n_items=800, seed=0)
+api.prepare(sys.argv[1] + "/log.csv", sys.argv[1] + "/ds")
+info = api.info(sys.argv[1] + "/ds")
+summary = api.train(sys.argv[1] + "/ds", sys.argv[1] + "/run", "lightgcn",
+                    {"epochs": 1, "dim": 32}, progress=False)
+print(json.dumps({"info": info, "summary": summary}))
+"""
+
+
+def test_peak_estimate_is_within_2x_of_a_measured_lightgcn_run(tmp_path):
+    # A fresh process, so the peak RSS is this run's alone and not the test session's.
+    result = subprocess.run(
+        [sys.executable, "-c", TRAIN_ONE_EPOCH, str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    out = json.loads(result.stdout.strip().splitlines()[-1])
+    info, summary = out["info"], out["summary"]
+    nnz, batch = info["interactions"]["train"], summary["batch_size"]
+    got = estimate(info["users"], info["items"], nnz, 32, 3, batch, "lightgcn", -(-nnz // batch))
+    measured = summary["peak_rss_mib"] * MIB
+    assert measured / 2 <= got["peak_bytes"] <= 2 * measured, (got, summary["peak_rss_mib"])
