@@ -133,6 +133,8 @@ def id_column(values: pl.Series, path: Path, where: str, first_line: int) -> pl.
             return as_int
         # beyond int64 (uint64 ids): kept exact as text
     text = values.cast(pl.String)
+    if text.head(1).cast(pl.Int64, strict=False).null_count():
+        return text  # "u0042": one id that is not an integer settles it, without parsing 16M
     as_int = text.cast(pl.Int64, strict=False)
     # Only ids that print back identically are integers: '007' and '7' must stay distinct.
     if as_int.null_count() == 0 and (as_int.cast(pl.String) == text).all():
