@@ -233,6 +233,8 @@ def test_generated_option_values_fail_cleanly(trained, tmp_path, command, value)
         (["train", "{data}", "--out", "{run}", "--model", "mf", "--overwrite", "--lr", "nan"], "option 'lr' expects float"),
         (["train", "{data}", "--out", "{run}", "--resume", "--lr", "0.1"], "--resume cannot change lr"),
         (["evaluate", "{run}", "--split", "train"], "--split must be valid or test"),
+        (["train", "{data}", "--out", "{root}/big", "--model", "lightgcn", "--dim", "4096", "--layers", "10",
+          "--batch-size", "100000000"], "exceeds the"),
         (["train", "{data}", "--out", "{run}", "--model", "mf", "--overwrite", "--epochs", "1", "--dim", "100000"], "'dim' must be ≤ 4096"),
     ],
 )  # fmt: skip

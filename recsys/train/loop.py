@@ -25,6 +25,7 @@ from recsys.models import Batch, Recommender, model_class
 from recsys.threads import rebalance
 from recsys.train import distributed
 from recsys.train.config import RunConfig, steps_for_log
+from recsys.train.estimate import available_bytes, estimate
 from recsys.train.rundir import RunDir
 from recsys.train.sampler import BPRSampler
 
@@ -207,6 +208,7 @@ def train(
         raise ConfigError(
             f"metric {config.train.metric!r} is not computed; use one of recall|ndcg|precision|hit|mrr @ one of eval_k {config.train.eval_k}"
         )
+    check_memory(config, ds)
     trainer = Trainer(config, ds)
     rank = distributed.world()[0]
     main_run = RunDir(run_dir)
@@ -232,6 +234,27 @@ def train(
     finally:
         if rank > 0:
             shutil.rmtree(run.path, ignore_errors=True)
+
+
+def check_memory(config: RunConfig, ds: Dataset) -> None:
+    """Log the estimated peak memory and epoch time (recsys.train.estimate) before anything is
+    built, and refuse a run whose estimate exceeds the memory available."""
+    cls = model_class(config.model)
+    if not cls.trainable:
+        return
+    batch, _ = steps_for_log(config.train, ds.train.nnz, cls.propagates)
+    need = estimate(
+        ds.n_users, ds.n_items, ds.train.nnz, getattr(config.params, "dim", 64),
+        getattr(config.params, "layers", 0), batch, config.model, -(-ds.train.nnz // batch),
+    )  # fmt: skip
+    have = available_bytes()
+    log.info("estimated peak memory %.2f GiB (%.1f GiB available), about %.1f s per epoch",
+             need["peak_bytes"] / 2**30, have / 2**30, need["epoch_seconds"])  # fmt: skip
+    if need["peak_bytes"] > have:
+        raise ConfigError(
+            f"estimated peak memory {need['peak_bytes'] / 2**30:.1f} GiB exceeds the "
+            f"{have / 2**30:.1f} GiB available: lower --dim, --layers or --batch-size"
+        )
 
 
 def fit(trainer: Trainer, run: RunDir, metric: str, progress: bool, on_validation) -> None:
