@@ -12,8 +12,9 @@ L = layers, b = batch_size:
          + 4·N·d·4                                embeddings, their gradients, Adam's m and v
          + max(4·N·d·A·L + 4·b·d·6,               activations kept for backward (A tensors of
                                                   N·d per layer, per model), the batch's rows
-               EVAL_BLOCK)                        or evaluation's score block, whichever is
-                                                  larger (they are not alive together)
+               3·min(256 MiB, 4·n_users·n_items)) or validation's score block and its top-k
+                                                  and mask workspaces, whichever is larger
+                                                  (they are not alive together)
 
 Time (seconds), S = steps per epoch:
 
@@ -23,9 +24,11 @@ C_EDGE is the cost of one sparse product R̃ @ X per edge and column, forward an
 C_NODE that of the dense work per node and column and layer: layer sums, their gradients and
 Adam's update of the whole tables, which touches every row at every step. P_E and P_N scale
 both to a model's extra views (LightGCL's SVD view and contrast, DCCF's intent views and
-learned edge masks). The constants were fitted by least squares to one LightGCN-style step
-(`calibrated_constants`) on this project's 2-core CPU at 2 threads; re-fit them with
-`calibrated_constants()` on another machine.
+learned edge masks). C_EDGE and C_NODE keep the ratio fitted by least squares to one
+LightGCN-style step (`calibrated_constants`), scaled to the epochs `benchmarks/scale.py`
+measured at 250k and 1M interactions; P_E and P_N are the measured epochs of LightGCL and
+DCCF over LightGCN's formula. All on this project's 2-core CPU at 2 threads, load average
+6.3-7.5 from other jobs; re-fit with `calibrated_constants()` elsewhere.
 """
 
 from __future__ import annotations
@@ -41,21 +44,23 @@ GRAPH_BYTES_PER_EDGE = 40
 GRAPH_BYTES_PER_NODE = 16
 OPTIMIZER_COPIES = 4  # weights, gradients, Adam's first and second moments
 EVAL_BLOCK_BYTES = 256 * 2**20  # recsys.evaluate's default score block
+EVAL_BLOCK_COPIES = 3  # scores, top-k and mask workspaces: 1.29 GB peak at 50k x 10k (1M log)
 BATCH_COPIES = 6  # user, positive and negative rows, and their gradients
 
 # N·d tensors each layer keeps for backward: LightGCN its output and the running sum (plus
 # their gradients in backward); LightGCL the same for the graph and the SVD view; DCCF the
 # ego, Z, R, H, P embeddings of each layer and their gradients.
 ACTIVATIONS_PER_LAYER = {"lightgcn": 4, "lightgcl": 8, "dccf": 12}
-# Sparse-product and dense passes relative to LightGCN (1, 1).
-EDGE_PASSES = {"lightgcn": 1.0, "lightgcl": 1.5, "dccf": 3.0}
-NODE_PASSES = {"lightgcn": 1.0, "lightgcl": 2.0, "dccf": 3.0}
+# Passes relative to LightGCN's formula, from one measured epoch each (scale.py, 250k and 1M
+# logs): LightGCL 2.6x and 2.2x, DCCF 11.4x at 250k.
+EDGE_PASSES = {"lightgcn": 1.0, "lightgcl": 2.4, "dccf": 11.0}
+NODE_PASSES = {"lightgcn": 1.0, "lightgcl": 2.4, "dccf": 11.0}
 
-# Fitted on this project's 2-core CPU at 2 threads, six graphs of 1-4M edges and 60-240k
-# nodes (d = 64, L = 1 and 3), load average 6.8-7.9 from other jobs: a quiet machine is
-# faster, so these err on the slow side. Residuals were within 25% except the smallest step.
-SECONDS_PER_EDGE_DIM = 2.8e-9
-SECONDS_PER_NODE_DIM = 2.5e-8
+# calibrated_constants() gave 2.8e-9 and 2.5e-8 (six graphs of 1-4M edges, 60-240k nodes,
+# d = 64, L = 1 and 3, load 6.8-7.9); LightGCN's measured epochs at 250k and 1M were 0.42x
+# and 0.53x of that, so both are halved.
+SECONDS_PER_EDGE_DIM = 1.4e-9
+SECONDS_PER_NODE_DIM = 1.25e-8
 
 
 def estimate(
@@ -94,7 +99,7 @@ def estimate(
         + GRAPH_BYTES_PER_EDGE * nnz * (layers > 0)
         + GRAPH_BYTES_PER_NODE * nodes
         + 4 * nodes * dim * OPTIMIZER_COPIES
-        + max(step_memory, EVAL_BLOCK_BYTES)
+        + max(step_memory, EVAL_BLOCK_COPIES * min(EVAL_BLOCK_BYTES, 4 * n_users * n_items))
     )
     per_step = SECONDS_PER_EDGE_DIM * EDGE_PASSES.get(model_name, 0.0) * nnz * dim * layers
     per_step += SECONDS_PER_NODE_DIM * NODE_PASSES.get(model_name, 1.0) * nodes * dim * (layers + 1)
