@@ -102,6 +102,10 @@ def save_index(index: faiss.Index, path: str | Path) -> None:
 
 
 def load_index(path: str | Path) -> faiss.Index:
+    """An index file read by FAISS; callers check its digest first (FAISS trusts its input)."""
     if not Path(path).is_file():
         raise RunError(f"{path}: no such index file")
-    return faiss.read_index(str(path))
+    try:
+        return faiss.read_index(str(path))
+    except RuntimeError as e:
+        raise RunError(f"{path}: unreadable index ({str(e).splitlines()[0][:160]})") from None

@@ -33,6 +33,7 @@ directory beside a JSON audit of their recall against exact search (`build_run_i
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 import time
@@ -95,6 +96,21 @@ def foldin_weights(model_name: str, params: dict, item_emb: np.ndarray) -> tuple
     return FOLDIN_REG * float(np.einsum("ij,ij->", item_emb, item_emb)) / d, FOLDIN_ALPHA
 
 
+def file_digest(path: Path) -> str:
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+def read_audit(path: Path) -> dict:
+    try:
+        audit = json.loads(path.read_bytes())
+    except (OSError, ValueError, RecursionError) as e:
+        raise RunError(f"{path}: unreadable ({e!r:.120})") from None
+    if not isinstance(audit, dict) or not isinstance(audit.get("recall_at_k"), (int, float)):
+        raise RunError(f"{path}: not a recsys index audit")
+    return audit
+
+
 def index_paths(run: RunDir, kind: str) -> tuple[Path, Path]:
     """Where a run keeps its `kind` index and that index's recall audit."""
     if kind not in INDEX_KINDS:
@@ -147,6 +163,7 @@ def build_run_index(
         "build_seconds": round(build_s, 3),
     }
     save_index(index, index_file)
+    audit["sha256"] = file_digest(index_file)  # checked before FAISS parses the file
     write_json(audit_file, audit)
     return audit
 
@@ -196,15 +213,27 @@ class Model:
         `recsys index build` unless flat)."""
         run = RunDir(run_dir)
         ds = run.load_dataset()
-        users, items = run.load_embeddings()
+        users, items = run.load_embeddings(ds)
         index_file, audit_file = index_paths(run, index_kind)
-        if index_kind != "flat" and not index_file.is_file():
+        if index_kind == "flat":  # exact: rebuilt from the checked embeddings, never parsed
+            return cls(run, ds, users, items, on_device(build_index(items)), index_kind, None)
+        if not (index_file.is_file() and audit_file.is_file()):
             raise RunError(
                 f"{run.path}: no {index_kind} index; build it once with "
                 f"'recsys index build {run.path} --kind {index_kind}'"
             )
-        index = load_index(index_file) if index_file.is_file() else build_index(items)
-        audit = json.loads(audit_file.read_text()) if audit_file.is_file() else None
+        audit = read_audit(audit_file)
+        if file_digest(index_file) != audit.get("sha256"):
+            raise RunError(
+                f"{index_file}: does not match its audit (damaged or replaced); rebuild it with "
+                f"'recsys index build {run.path} --kind {index_kind}'"
+            )
+        index = load_index(index_file)
+        if (index.ntotal, index.d) != items.shape:
+            raise RunError(
+                f"{index_file}: holds {index.ntotal} vectors of {index.d} dimensions, the run "
+                f"has {items.shape[0]} of {items.shape[1]}"
+            )
         return cls(run, ds, users, items, on_device(index), index_kind, audit)
 
     @property

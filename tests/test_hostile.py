@@ -300,3 +300,16 @@ def test_a_start_killed_mid_write_restarts_in_place(trained, tmp_path):
     )
     assert code == 0, err
     assert not (root / "new" / ".config.json.x1y2.tmp").exists()
+
+
+@pytest.mark.parametrize("damage", [b"", b"\x00" * 64, "flip"])
+def test_a_damaged_ann_index_is_refused_before_faiss_reads_it(trained, tmp_path, damage):
+    root = fresh_copy(trained, tmp_path / "case")
+    assert run(["index", "build", root / "run", "--kind", "ivf"])[0] == 0
+    index = root / "run" / "index-ivf.faiss"
+    data = index.read_bytes()
+    index.write_bytes(corrupt(data, "flip", 0.5, b"") if damage == "flip" else damage)
+    before = snapshot(root)
+    code, err = run(["recommend", root / "run", "--user", "u01", "--index", "ivf"])
+    assert code == 1 and "does not match its audit" in err, err
+    assert snapshot(root) == before
