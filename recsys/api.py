@@ -259,13 +259,13 @@ class TrainedModel:
 
     def explain(self, user_idx: np.ndarray, items: np.ndarray) -> list[list[dict]]:
         """Per recommended item, the model's own account of its score (models with `explain`)."""
-        config = RunConfig.from_dict(self.run.read_config())
+        config = self.run.run_config()
         model, graph, _ = loop.build_model(config, self.dataset, torch.device("cpu"))
         if not hasattr(model, "explain"):
             raise RunError(
                 f"{self.run.path}: model {config.model!r} cannot explain its scores (--explain needs an intent model: dccf)"
             )
-        model.load_state_dict(self.run.load_torch(self.run.best))
+        self.run.load_weights(model, self.run.best)
         model.eval()
         with torch.no_grad():
             return model.explain(graph, torch.tensor(user_idx), torch.tensor(np.maximum(items, 0)))
