@@ -82,7 +82,7 @@ def test_tune_writes_study_trials_and_a_best_setting(tuned):
     assert sum(summary["trials"].values()) == 3 and (out / "study.db").is_file()
     assert json.loads((out / "tune.json").read_text())["best"] == summary["best"]
     # the first trial is the model's defaults
-    assert rows[0]["options"] == default_point("mf", FAST) == {"lr": 5e-3, "reg": 1e-4}
+    assert rows[0]["options"] == default_point("mf", FAST) == {"lr": 5e-3, "reg": 1e-2}
     best = summary["best"]
     completed = [r for r in rows if r["state"] == "complete"]
     assert best["valid"]["recall@20"] == max(r["value"] for r in completed)

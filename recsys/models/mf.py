@@ -6,6 +6,11 @@ Rendle et al., "BPR: Bayesian Personalized Ranking from Implicit Feedback", UAI 
     L = Σ_(u,i,j) -ln σ(ŷ_ui - ŷ_uj) + λ ‖Θ_batch‖²
 
 Symbols: e_u, e_i → `user_emb`, `item_emb`; λ → `reg`.
+
+λ = 1e-2 (a mean over the batch's rows, so independent of the batch size), chosen on validation
+Recall@20 with every other setting at its default: ml-100k 0.3075 (λ = 1e-4), 0.3083 (1e-3),
+0.3229 (1e-2); yelp-sslrec 0.0189 (1e-4; below MostPop: it overfits in 10 epochs), 0.0275 and
+falling (1e-3), 0.0634 (1e-2); the sample 0.7265 (1e-4), 0.7259 (1e-2).
 """
 
 from __future__ import annotations
@@ -19,7 +24,7 @@ from recsys.models.base import Batch, EmbeddingRecommender, Search, bpr_loss, l2
 class MFParams:
     dim: int = field(default=64, metadata={"help": "embedding size d", "min": 1, "max": 4096})
     reg: float = field(
-        default=1e-4,
+        default=1e-2,
         metadata={"help": "L2 weight on the batch's embeddings", "aliases": ("emb_reg",), "min": 0},
     )
 
