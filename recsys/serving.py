@@ -208,6 +208,24 @@ class Model:
         self._item_ids = dataset.items.ids.to_numpy()
 
     @classmethod
+    def fit(
+        cls, dataset_dir: str | Path, out: str | Path, model: str, options: dict | None = None,
+        **train_options,
+    ) -> Model:  # fmt: skip
+        """Train `model` on a prepared dataset into run directory `out` and serve it.
+
+        `recsys.api.train` with its options (`config_file`, `overwrite`, `progress`, …); the
+        run directory stays the model's on-disk form.
+
+            >>> model = Model.fit("data/ml", "runs/lgcn", "lightgcn", {"epochs": 50})
+            >>> ids, scores = model.recommend(["196"], k=10)
+        """
+        from recsys.api import train  # api serves this module: imported at call time
+
+        train(dataset_dir, out, model, options, **{"progress": False, **train_options})
+        return cls.load(out)
+
+    @classmethod
     def load(cls, run_dir: str | Path, index_kind: str = "flat") -> Model:
         """The run in `run_dir`, served through its `index_kind` index (built by
         `recsys index build` unless flat)."""

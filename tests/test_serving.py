@@ -207,3 +207,13 @@ def test_history_matrix_is_binary(lightgcn):
     m = lightgcn.history_matrix([["i0001", "i0001", "i0002"], []])
     assert isinstance(m, sp.csr_matrix) and m.shape == (2, lightgcn.dataset.n_items)
     assert m[0].nnz == 2 and m[0].data.tolist() == [1.0, 1.0] and m[1].nnz == 0
+
+
+def test_fit_trains_a_run_and_serves_it(synth_dataset, tmp_path):
+    model = Model.fit(synth_dataset, tmp_path / "mf", "mf", {"epochs": 2, "dim": 8})
+    assert (tmp_path / "mf" / "metrics.json").is_file()  # the run directory is its on-disk form
+    user = model.dataset.users.raw([0]).to_list()
+    ids, scores = model.recommend(user, k=5)
+    again = Model.load(tmp_path / "mf").recommend(user, k=5)
+    np.testing.assert_array_equal(ids, again[0])
+    np.testing.assert_allclose(scores, again[1])
