@@ -6,6 +6,7 @@ import sys
 
 import pytest
 
+from recsys import api
 from recsys.train import estimate as est
 from recsys.train.estimate import available_bytes, estimate
 
@@ -78,8 +79,6 @@ import json, sys
 import torch
 from recsys import api
 torch.set_num_threads(1)
-api.synth(sys.argv[1] + "/log.csv", n_users=2000, n_items=800, seed=0)
-api.prepare(sys.argv[1] + "/log.csv", sys.argv[1] + "/ds")
 info = api.info(sys.argv[1] + "/ds")
 summary = api.train(sys.argv[1] + "/ds", sys.argv[1] + "/run", "lightgcn",
                     {"epochs": 1, "dim": 32}, progress=False)
@@ -88,7 +87,10 @@ print(json.dumps({"info": info, "summary": summary}))
 
 
 def test_peak_estimate_is_within_2x_of_a_measured_lightgcn_run(tmp_path):
-    # A fresh process, so the peak RSS is this run's alone and not the test session's.
+    # Training alone in a fresh process, so the peak RSS is the run's, not the test session's
+    # nor the log generator's.
+    api.synth(tmp_path / "log.csv", n_users=2000, n_items=800, seed=0)
+    api.prepare(tmp_path / "log.csv", tmp_path / "ds")
     result = subprocess.run(
         [sys.executable, "-c", TRAIN_ONE_EPOCH, str(tmp_path)],
         capture_output=True,
