@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import logging
 import shutil
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +23,14 @@ import numpy as np
 import polars as pl
 import torch
 
-from recsys.atomic import atomic_dir, atomic_write, claim_file, claim_output, remove_temporaries
+from recsys.atomic import (
+    atomic_dir,
+    atomic_write,
+    claim_file,
+    claim_output,
+    remove_temporaries,
+    write_marker,
+)
 from recsys.data.dataset import Dataset
 from recsys.data.prepare import describe, prepare_dataset
 from recsys.data.synth import synth_log
@@ -269,6 +277,34 @@ class TrainedModel:
         model.eval()
         with torch.no_grad():
             return model.explain(graph, torch.tensor(user_idx), torch.tensor(np.maximum(items, 0)))
+
+
+def recommend_all(
+    run_dir: str | Path,
+    out: str | Path,
+    k: int = 20,
+    index_kind: str = "flat",
+    block_users: int = 50_000,
+    overwrite: bool = False,
+) -> dict:
+    """Top-k for every user of the run, streamed by blocks of users into partitioned Parquet
+    (`out/part-00000.parquet`, …: one block's table in memory at a time). The folder is built
+    beside `out` and swapped in, so a failure leaves the previous one."""
+    from tqdm import tqdm
+
+    claim_output(out, "recommendations", overwrite)
+    trained = TrainedModel.load(run_dir, index_kind)
+    ids = trained.dataset.users.ids
+    starts = range(0, len(ids), block_users)
+    rows = 0
+    with atomic_dir(out) as tmp:
+        write_marker(tmp, "recommendations")
+        for part, start in enumerate(tqdm(starts, desc="recommending", unit="block", leave=False,
+                                          disable=not sys.stderr.isatty())):  # fmt: skip
+            frame = trained.recommend(ids[start : start + block_users].to_list(), k)
+            frame.write_parquet(tmp / f"part-{part:05d}.parquet")
+            rows += frame.height
+    return {"path": str(out), "users": len(ids), "recommendations": rows, "parts": len(starts)}
 
 
 def write_table(frame: pl.DataFrame, out: str | Path) -> None:

@@ -351,10 +351,28 @@ def recommend(
         "--explain",
         help="per item, the user's top intents and their share of the score (dccf)",
     ),
+    all_users: bool = typer.Option(
+        False, "--all-users", help="every user, streamed into --output FOLDER as Parquet parts"
+    ),
+    overwrite: bool = typer.Option(False, "--overwrite", help="replace the --all-users folder"),
     threads: int | None = threads_option(),
 ):
-    """Top-K unseen items for users given by raw id."""
+    """Top-K unseen items for users given by raw id (or for every user, with --all-users)."""
     use_threads(threads)
+    if k < 1:
+        raise ConfigError(f"--k must be positive, got {k}")
+    if all_users:
+        if output is None or user or users_file or explain:
+            raise ConfigError(
+                "--all-users takes --output FOLDER and no --user/--users-file/--explain"
+            )
+        done = api.recommend_all(run, output, k, index, overwrite=overwrite)
+        typer.echo(
+            f"wrote {done['recommendations']} recommendations for {done['users']} users to "
+            f"{output} ({done['parts']} Parquet parts)",
+            err=True,
+        )
+        return
     ids = list(user or [])
     if users_file is not None:
         if not users_file.is_file():

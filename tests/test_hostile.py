@@ -226,7 +226,7 @@ def test_generated_option_values_fail_cleanly(trained, tmp_path, command, value)
     [
         (["data", "prepare", "{root}/log.csv", "--out", "{root}/mine"], "holds files recsys did not write"),
         (["train", "{data}", "--out", "{root}/mine", "--model", "mf", "--overwrite"], "holds files recsys did not write"),
-        (["data", "prepare", "{root}/log.csv", "--out", "{data}"], "already holds a dataset; pass --overwrite"),
+        (["data", "prepare", "{root}/log.csv", "--out", "{data}"], "already holds a recsys dataset folder; pass --overwrite"),
         (["data", "prepare", "{root}/log.csv", "--out", "{root}/log.csv"], "would overwrite the input"),
         (["data", "prepare", "{root}", "--out", "{root}"], "would overwrite the input"),
         (["train", "{data}", "--out", "{data}", "--model", "mf"], "would overwrite the input"),

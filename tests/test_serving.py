@@ -4,6 +4,7 @@ import json
 
 import implicit.cpu.als
 import numpy as np
+import polars as pl
 import pytest
 import scipy.sparse as sp
 from typer.testing import CliRunner
@@ -217,3 +218,17 @@ def test_fit_trains_a_run_and_serves_it(synth_dataset, tmp_path):
     again = Model.load(tmp_path / "mf").recommend(user, k=5)
     np.testing.assert_array_equal(ids, again[0])
     np.testing.assert_allclose(scores, again[1])
+
+
+def test_recommend_all_users_streams_parquet_parts(lightgcn, tmp_path):
+    run_dir = lightgcn.run.path
+    done = api.recommend_all(run_dir, tmp_path / "all", k=5, block_users=70)
+    parts = sorted((tmp_path / "all").glob("part-*.parquet"))
+    assert done["parts"] == len(parts) == -(-lightgcn.dataset.n_users // 70)
+    frame = pl.concat([pl.read_parquet(p) for p in parts])
+    assert frame.height == done["recommendations"] == 5 * lightgcn.dataset.n_users
+    assert frame["user_id"].n_unique() == lightgcn.dataset.n_users
+    users = lightgcn.dataset.users.raw([0, 150]).to_list()  # in the first and a later part
+    expected = api.TrainedModel.load(run_dir).recommend(users, 5)
+    got = frame.filter(pl.col("user_id").is_in(users)).sort("user_id", "rank")
+    assert got["item_id"].to_list() == expected.sort("user_id", "rank")["item_id"].to_list()
