@@ -56,6 +56,16 @@ def build_model(
 
 
 def peak_rss_mib() -> float:
+    """This process's peak resident memory. Linux's VmHWM, which starts afresh at exec: the
+    rusage maximum carries over a forking parent's, so a run started from a large process
+    would report the parent's size."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
