@@ -152,16 +152,22 @@ class Dataset:
         return ds
 
 
-def read_header(path: Path) -> dict:
+def read_json_object(path: Path, need: dict[str, type], what: str, error=DataError) -> dict:
+    """A JSON object from `path` holding `need`'s keys with their types, else `error` naming
+    the file: the one reader of recsys's JSON artifacts (dataset header, run config, summary)."""
     try:
-        header = json.loads(path.read_bytes())
+        found = json.loads(path.read_bytes())
     except (OSError, ValueError, RecursionError) as e:
-        raise DataError(f"{path}: unreadable ({first_line(e)})") from None
+        raise error(f"{path}: unreadable ({first_line(e)})") from None
+    if not isinstance(found, dict) or any(not isinstance(found.get(k), t) for k, t in need.items()):
+        needs = f" (needs {', '.join(need)})" if need else ""
+        raise error(f"{path}: not a recsys {what}{needs}")
+    return found
+
+
+def read_header(path: Path) -> dict:
     need = {"n_users": int, "n_items": int, "fingerprint": str, "splits": dict}
-    if not isinstance(header, dict) or any(
-        not isinstance(header.get(k), t) for k, t in need.items()
-    ):
-        raise DataError(f"{path}: not a recsys dataset header (needs {', '.join(need)})")
+    header = read_json_object(path, need, "dataset header")
     if min(header["n_users"], header["n_items"]) < 0:
         raise DataError(f"{path}: negative user or item count")
     if not isinstance(header.get("meta", {}), dict):

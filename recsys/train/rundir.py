@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from recsys.atomic import atomic_write, write_json
-from recsys.data.dataset import Dataset, first_line
+from recsys.data.dataset import Dataset, first_line, read_json_object
 from recsys.errors import ConfigError, RunError
 
 
@@ -46,15 +46,8 @@ class RunDir:
             raise RunError(
                 f"{self.path}: not a run directory (no config.json); make one with 'recsys train'"
             )
-        try:
-            config = json.loads(self.config.read_bytes())
-        except (OSError, ValueError, RecursionError) as e:
-            raise RunError(f"{self.config}: unreadable ({first_line(e)})") from None
         shape = {"model": str, "train": dict, "params": dict, "dataset": dict}
-        if not isinstance(config, dict) or any(
-            not isinstance(config.get(k), t) for k, t in shape.items()
-        ):
-            raise RunError(f"{self.config}: not a recsys run config (needs {', '.join(shape)})")
+        config = read_json_object(self.config, shape, "run config", RunError)
         if not all(isinstance(config["dataset"].get(k), str) for k in ("path", "fingerprint")):
             raise RunError(f"{self.config}: 'dataset' needs its path and fingerprint")
         return config
@@ -180,10 +173,4 @@ class RunDir:
     def read_summary(self) -> dict:
         if not self.summary.is_file():
             raise RunError(f"{self.summary}: missing; the run has not finished training")
-        try:
-            summary = json.loads(self.summary.read_bytes())
-        except (OSError, ValueError, RecursionError) as e:
-            raise RunError(f"{self.summary}: unreadable ({first_line(e)})") from None
-        if not isinstance(summary, dict):
-            raise RunError(f"{self.summary}: not a recsys summary")
-        return summary
+        return read_json_object(self.summary, {}, "summary", RunError)
