@@ -131,7 +131,9 @@ def claim_output(
             f"it: choose another {flag}"
         )
     if not (overwrite or reuse):
-        raise ConfigError(f"{out}: already holds a recsys {kind} folder; pass --overwrite to replace it")
+        raise ConfigError(
+            f"{out}: already holds a recsys {kind} folder; pass --overwrite to replace it"
+        )
     return True
 
 
