@@ -26,9 +26,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import os
 import signal
+import tempfile
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated
@@ -46,6 +49,7 @@ from pydantic import (
     model_validator,
 )
 
+from recsys.atomic import write_json
 from recsys.errors import DataError, RecsysError
 from recsys.serving import Model
 
@@ -131,16 +135,50 @@ def about(field: str, status: int = 404) -> Iterator[None]:
 
 
 class Holder:
-    """The served model: one reference, replaced whole on reload."""
+    """The served model: one reference, replaced whole on reload.
 
-    def __init__(self, run_dir: str | Path, index_kind: str):
-        self.index_kind = index_kind
-        self.model = Model.load(run_dir, index_kind)
+    With several worker processes (`shared` set), a reload in one worker is written to the
+    shared state file (run path and a fresh token); every other worker polls that file
+    (`follow`) and loads the same run, so all of them move to it within a second or so of the
+    reply, each still answering from its old model until its new one is complete.
+    """
+
+    def __init__(self, run_dir: str | Path, index_kind: str, shared: Path | None = None):
+        self.index_kind, self.shared = index_kind, shared
+        state = self._state() if shared else {}
+        # a worker (re)started after a reload serves the reloaded run, not the first one
+        self.model = Model.load(state.get("run", run_dir), index_kind)
+        self.token = state.get("token")
 
     def reload(self, run_dir: str | Path | None = None) -> Model:
         model = Model.load(run_dir or self.model.run.path, self.index_kind)
         self.model = model  # one reference assignment: atomic for every reader
+        if self.shared:
+            self.token = uuid.uuid4().hex
+            write_json(self.shared, {"run": str(model.run.path), "token": self.token})
         return model
+
+    def _state(self) -> dict:
+        """The shared state file's {run, token}; {} before the first reload."""
+        try:
+            return json.loads(self.shared.read_text())
+        except (OSError, ValueError):
+            return {}
+
+    async def follow(self, every_s: float = 0.5) -> None:
+        """Load the run another worker reloaded (see the class docstring); runs until cancelled."""
+        while True:
+            await asyncio.sleep(every_s)
+            state = self._state()
+            if state.get("token") in (None, self.token):
+                continue
+            self.token = state["token"]
+            try:
+                model = await run_in_threadpool(Model.load, state["run"], self.index_kind)
+                self.model = model
+                log.info("followed a reload in another worker: %s", model.run.path)
+            except RecsysError as e:
+                log.error("reload in another worker could not be followed: %s", e)
 
 
 def recommendation(model: Model, req: RecommendRequest, prefix: str = "") -> dict:
@@ -161,16 +199,24 @@ def listed(ids, scores) -> dict:
     return {"item_ids": ids[keep].tolist(), "scores": scores[keep].tolist()}
 
 
-def create_app(run_dir: str | Path, index_kind: str = "flat") -> FastAPI:
-    """The FastAPI app serving `run_dir` through its `index_kind` index (loaded now)."""
-    holder = Holder(run_dir, index_kind)
+def create_app(
+    run_dir: str | Path, index_kind: str = "flat", shared: Path | None = None
+) -> FastAPI:
+    """The FastAPI app serving `run_dir` through its `index_kind` index (loaded now).
+
+    `shared`: the state file the worker processes of one server share (`Holder`).
+    """
+    holder = Holder(run_dir, index_kind, shared)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI):
         loop = asyncio.get_running_loop()
         with contextlib.suppress(ValueError, NotImplementedError, RuntimeError):
             loop.add_signal_handler(signal.SIGHUP, lambda: loop.create_task(sighup()))
+        follower = loop.create_task(holder.follow()) if shared else None
         yield
+        if follower:
+            follower.cancel()
 
     async def sighup() -> None:
         try:
@@ -268,8 +314,12 @@ def create_app(run_dir: str | Path, index_kind: str = "flat") -> FastAPI:
 
 
 def app_from_env() -> FastAPI:
-    """The app for uvicorn's worker processes (`--workers` > 1): run and index from env."""
-    return create_app(os.environ["RECSYS_SERVE_RUN"], os.environ.get("RECSYS_SERVE_INDEX", "flat"))
+    """The app for uvicorn's worker processes (`--workers` > 1): run, index, state from env."""
+    return create_app(
+        os.environ["RECSYS_SERVE_RUN"],
+        os.environ.get("RECSYS_SERVE_INDEX", "flat"),
+        Path(os.environ["RECSYS_SERVE_STATE"]),
+    )
 
 
 def serve(run_dir: str | Path, index_kind: str, host: str, port: int, workers: int) -> None:
@@ -293,9 +343,11 @@ def serve(run_dir: str | Path, index_kind: str, host: str, port: int, workers: i
             timeout_keep_alive=KEEP_ALIVE_S,
         )
         return
-    os.environ["RECSYS_SERVE_RUN"] = str(Path(run_dir).resolve())
-    os.environ["RECSYS_SERVE_INDEX"] = index_kind
-    uvicorn.run(
-        "recsys.service:app_from_env", factory=True, host=host, port=port, workers=workers,
-        access_log=False, log_level="warning", timeout_keep_alive=KEEP_ALIVE_S,
-    )  # fmt: skip
+    with tempfile.TemporaryDirectory(prefix="recsys-serve-") as state_dir:
+        os.environ["RECSYS_SERVE_RUN"] = str(Path(run_dir).resolve())
+        os.environ["RECSYS_SERVE_INDEX"] = index_kind
+        os.environ["RECSYS_SERVE_STATE"] = str(Path(state_dir) / "state.json")
+        uvicorn.run(
+            "recsys.service:app_from_env", factory=True, host=host, port=port, workers=workers,
+            access_log=False, log_level="warning", timeout_keep_alive=KEEP_ALIVE_S,
+        )  # fmt: skip

@@ -181,6 +181,23 @@ def test_reload_swaps_the_model(runs):
         assert post(c, "/reload", None)["model"] == "als"  # no body: the served run again
 
 
+def test_workers_follow_a_reload_made_in_another_worker(runs, tmp_path):
+    """Two apps sharing one state file stand for two uvicorn workers of one server."""
+    state = tmp_path / "state.json"
+    a, b = create_app(runs / "mf", shared=state), create_app(runs / "mf", shared=state)
+    with TestClient(a) as ca, TestClient(b) as cb:
+        assert post(ca, "/reload", {"run": str(runs / "als")})["model"] == "als"
+        for _ in range(50):  # b polls every 0.5 s
+            if cb.get("/model").json()["model"] == "als":
+                break
+            time.sleep(0.1)
+        assert cb.get("/model").json()["model"] == "als"
+        assert a.state.holder.token == b.state.holder.token
+        # a worker started later (uvicorn replacing one) serves the reloaded run, not its first
+        with TestClient(create_app(runs / "mf", shared=state)) as cc:
+            assert cc.get("/model").json()["model"] == "als"
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
