@@ -142,3 +142,14 @@ def test_same_seed_repeats_exactly_on_cpu(synth_dataset, tmp_path):
     np.testing.assert_array_equal(
         RunDir(tmp_path / "a").load_embeddings()[0], RunDir(tmp_path / "b").load_embeddings()[0]
     )
+
+
+def test_weight_decay_default_follows_size_and_density():
+    from recsys.models.lightgcl import decay_for
+
+    # 1,000 users × 1,000 items, 20,000 interactions: n 2,000, ρ 20 → 30 / (400 · 2,000)
+    train = sp.random(1000, 1000, density=0.02, format="csr", random_state=0)
+    assert decay_for(train) == pytest.approx(3.75e-5)
+    # twice the rows at the same density per node: half the decay per row (a mean over rows)
+    assert decay_for(sp.block_diag([train, train], format="csr")) == pytest.approx(1.875e-5)
+    assert decay_for(sp.identity(4, format="csr")) == 1e-4  # clamped to the search range

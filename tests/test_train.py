@@ -188,9 +188,22 @@ def test_sampling_option_reaches_the_sampler(synth_dataset, tmp_path, monkeypatc
     assert user["valid"] != edge["valid"]
 
 
+def per_user(train):
+    return train.nnz / (np.diff(train.indptr) > 0).sum()
+
+
+def lightgcl_decay(train):
+    nodes = sum(train.shape)  # 30 / (ρ² n), ρ interactions per node, at most 1e-4
+    return min(30.0 / ((2 * train.nnz / nodes) ** 2 * nodes), 1e-4)
+
+
 @pytest.mark.parametrize(
     "model, key, derive",
-    [("dccf", "reg", lambda m: 160.0 / m), ("lightgcl", "cl_weight", lambda m: 3.7 / m**2)],
+    [
+        ("dccf", "reg", lambda t: 160.0 / per_user(t)),
+        ("lightgcl", "cl_weight", lambda t: 3.7 / per_user(t) ** 2),
+        ("lightgcl", "weight_decay", lightgcl_decay),
+    ],
 )
 def test_density_derived_defaults_and_given_options_win(
     synth_dataset, tmp_path, model, key, derive
@@ -198,12 +211,11 @@ def test_density_derived_defaults_and_given_options_win(
     from recsys.models.base import interactions_per_user
 
     train = Dataset.load(synth_dataset).train
-    per_user = train.nnz / (np.diff(train.indptr) > 0).sum()
-    assert interactions_per_user(train) == pytest.approx(per_user)
+    assert interactions_per_user(train) == pytest.approx(per_user(train))
     options = {**FAST, "epochs": 1}
     api.train(synth_dataset, tmp_path / "derived", model, options, progress=False)
     params = json.loads((tmp_path / "derived" / "config.json").read_text())["params"]
-    assert params[key] == pytest.approx(derive(per_user))
+    assert params[key] == pytest.approx(derive(train))
     api.train(synth_dataset, tmp_path / "given", model, {**options, key: 0.5}, progress=False)
     assert json.loads((tmp_path / "given" / "config.json").read_text())["params"][key] == 0.5
 
