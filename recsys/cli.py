@@ -552,19 +552,35 @@ def index_build(
     run: Path = typer.Argument(..., help="run directory"),
     kind: str = typer.Option(..., help="ivf | hnsw (flat: the exact index, audited as 1.0)"),
     nlist: int | None = typer.Option(None, help="ivf: clusters [4·√items]"),
-    nprobe: int = typer.Option(16, help="ivf: clusters searched per query"),
+    nprobe: int | None = typer.Option(
+        None, help="ivf: clusters searched per query [the least reaching --target-recall]"
+    ),
     hnsw_m: int = typer.Option(32, help="hnsw: neighbours per node"),
+    ef_search: int | None = typer.Option(
+        None, help="hnsw: candidates kept per search [the least reaching --target-recall]"
+    ),
+    target_recall: float = typer.Option(
+        0.95, help="audited recall@k that chooses --nprobe / --ef-search when not given"
+    ),
     k: int = typer.Option(20, help="cut-off of the recall audit"),
     threads: int | None = threads_option(),
 ):
     """Build a run's ANN index once, measure its recall@k against exact search, store both."""
     use_threads(threads)
-    if k < 1 or nprobe < 1 or hnsw_m < 2 or (nlist is not None and nlist < 1):
-        raise ConfigError("--k, --nprobe, --nlist must be ≥ 1 and --hnsw-m ≥ 2")
-    audit = api.build_run_index(run, kind, nlist=nlist, nprobe=nprobe, hnsw_m=hnsw_m, k=k)
+    if k < 1 or hnsw_m < 2 or any(v is not None and v < 1 for v in (nprobe, nlist, ef_search)):
+        raise ConfigError("--k, --nprobe, --nlist, --ef-search must be ≥ 1 and --hnsw-m ≥ 2")
+    if not 0 < target_recall <= 1:
+        raise ConfigError(f"--target-recall must be in (0, 1], got {target_recall}")
+    audit = api.build_run_index(
+        run, kind, nlist=nlist, nprobe=nprobe, hnsw_m=hnsw_m, k=k, ef_search=ef_search,
+        target_recall=target_recall,
+    )  # fmt: skip
+    searched = {"ivf": "nprobe", "hnsw": "ef_search"}.get(kind)
     typer.echo(
         f"{kind} index written to {run}: recall@{k} {audit['recall_at_k']:.4f} against exact "
-        f"search on {audit['audit_users']} users, built in {audit['build_seconds']:.1f} s"
+        f"search on {audit['audit_users']} users"
+        + (f" with {searched} {audit['params'][searched]}" if searched else "")
+        + f", built in {audit['build_seconds']:.1f} s"
     )
 
 

@@ -64,6 +64,8 @@ def search(
         unseen items.
     """
     user_vecs = np.ascontiguousarray(user_vecs, dtype=np.float32)
+    if seen is not None and not seen.has_sorted_indices:
+        seen = seen.sorted_indices()  # is_seen searches each row's indices
     n_items = index.ntotal
     k = min(k, n_items)
     n_seen = np.zeros(len(user_vecs), np.int64) if seen is None else np.diff(seen.indptr)[rows]
@@ -75,15 +77,34 @@ def search(
     for d in np.unique(depth):
         group = np.flatnonzero(depth == d)
         scores, items = index.search(user_vecs[group], int(d))
-        for j, q in enumerate(group):
-            keep = items[j] >= 0
-            if seen is not None and n_seen[q]:
-                row = rows[q]
-                keep &= ~np.isin(items[j], seen.indices[seen.indptr[row] : seen.indptr[row + 1]])
-            got = items[j][keep][:k]
-            out_items[q, : len(got)] = got
-            out_scores[q, : len(got)] = scores[j][keep][:k]
+        keep = items >= 0
+        if seen is not None:
+            keep &= ~is_seen(seen, rows[group], items)
+        # the first k kept results of each row, in FAISS's (descending score) order
+        order = np.argsort(~keep, axis=1, kind="stable")[:, :k]
+        kept = np.take_along_axis(keep, order, 1)
+        out_items[group] = np.where(kept, np.take_along_axis(items, order, 1), -1)
+        out_scores[group] = np.where(kept, np.take_along_axis(scores, order, 1), -np.inf)
     return out_items, out_scores
+
+
+def is_seen(seen: sp.csr_matrix, rows: np.ndarray, items: np.ndarray) -> np.ndarray:
+    """(B, d) bool: items[j, c] is in row rows[j] of `seen` (sorted indices).
+
+    One vectorised membership test for the whole batch: (row j, item) pairs as keys j·n + item,
+    which the rows' own seen entries give in sorted order, searched with searchsorted.
+    """
+    starts, lengths = seen.indptr[rows], np.diff(seen.indptr)[rows]
+    total = int(lengths.sum())
+    if total == 0:
+        return np.zeros(items.shape, bool)
+    first = np.cumsum(lengths) - lengths  # where each row's entries start in the gathered keys
+    positions = np.repeat(starts - first, lengths) + np.arange(total)
+    n = seen.shape[1]
+    keys = np.repeat(np.arange(len(rows), dtype=np.int64) * n, lengths) + seen.indices[positions]
+    queries = np.arange(len(rows), dtype=np.int64)[:, None] * n + np.maximum(items, 0)
+    found = np.searchsorted(keys, queries)
+    return keys[np.minimum(found, total - 1)] == queries
 
 
 def recall_vs_exact(

@@ -130,31 +130,57 @@ def build_run_index(
     run_dir: str | Path,
     kind: str,
     nlist: int | None = None,
-    nprobe: int = 16,
+    nprobe: int | None = None,
     hnsw_m: int = 32,
     k: int = 20,
     seed: int = 0,
+    ef_search: int | None = None,
+    target_recall: float = 0.95,
 ) -> dict:
     """Build the run's `kind` index once, audit its recall@k against exact search, save both.
 
     The audit queries are the embeddings of up to `AUDIT_USERS` users with training items,
-    drawn with `seed`; the index file and its JSON audit are each written atomically. Returns
-    the audit.
+    drawn with `seed`. The search-time knob (IVF `nprobe`, HNSW `ef_search`) is the value given,
+    or else the smallest power of two from 8 whose audited recall reaches `target_recall` (or
+    the knob's largest useful value); FAISS stores it in the index file, so the served index
+    searches exactly as audited. The index file and its JSON audit are each written
+    atomically. Returns the audit.
     """
     run = RunDir(run_dir)
     run.read_config()
     index_file, audit_file = index_paths(run, kind)
     users, items = run.load_embeddings()
     t0 = time.perf_counter()
-    index = build_index(items, kind, nlist=nlist, hnsw_m=hnsw_m, nprobe=nprobe)
+    index = build_index(items, kind, nlist=nlist, hnsw_m=hnsw_m, nprobe=nprobe or 8)
     build_s = time.perf_counter() - t0
     trained = np.flatnonzero(np.diff(run.load_dataset().train.indptr) > 0)  # real queries only
     rng = np.random.default_rng(seed)
     sample = rng.choice(trained, min(AUDIT_USERS, len(trained)), replace=False)
-    recall = recall_vs_exact(on_device(index), items, users[sample], min(k, len(items)))
+    k_audit = min(k, len(items))
+
+    def audited(knob: int | None) -> float:
+        if kind == "ivf":
+            index.nprobe = knob
+        elif kind == "hnsw":
+            index.hnsw.efSearch = knob
+        return recall_vs_exact(on_device(index), items, users[sample], k_audit)
+
+    given = {"ivf": nprobe, "hnsw": ef_search}.get(kind)
+    knob = given or (None if kind == "flat" else 8)
+    limit = {"ivf": getattr(index, "nlist", 1), "hnsw": max(len(items), 8)}.get(kind, 0)
+    recall = audited(knob)
+    while given is None and kind != "flat" and recall < target_recall and knob < limit:
+        knob = min(2 * knob, limit)
+        recall = audited(knob)
     audit = {
         "kind": kind,
-        "params": {"nlist": getattr(index, "nlist", None), "nprobe": nprobe, "hnsw_m": hnsw_m}
+        "params": {
+            "nlist": getattr(index, "nlist", None),
+            "nprobe": knob if kind == "ivf" else None,
+            "hnsw_m": hnsw_m if kind == "hnsw" else None,
+            "ef_search": knob if kind == "hnsw" else None,
+            "target_recall": None if given or kind == "flat" else target_recall,
+        }
         if kind != "flat"
         else {},
         "k": k,
@@ -294,19 +320,19 @@ class Model:
         """
         single = np.isscalar(user_ids)
         user_idx = self.user_index([user_ids] if single else user_ids)
-        history = self.seen[user_idx]
+        seen, rows = self.seen, user_idx
         if history_extra:
             extra = self.item_index(history_extra)
-            history = history + sp.csr_matrix(
+            seen = self.seen[user_idx] + sp.csr_matrix(
                 (np.ones(len(user_idx) * len(extra), np.float32),
                  (np.repeat(np.arange(len(user_idx)), len(extra)), np.tile(extra, len(user_idx)))),
-                shape=history.shape,
+                shape=(len(user_idx), self.dataset.n_items),
             )  # fmt: skip
-            history.data[:] = 1.0
-            vecs = self.fold_in(history)
+            seen.data[:] = 1.0
+            vecs, rows = self.fold_in(seen), np.arange(len(user_idx))
         else:
             vecs = self.user_emb[user_idx]
-        ids, scores = self._top(vecs, k, history if exclude_seen else None, items)
+        ids, scores = self._top(vecs, k, seen if exclude_seen else None, rows, items)
         return (ids[0], scores[0]) if single else (ids, scores)
 
     def recommend_history(
@@ -314,7 +340,9 @@ class Model:
     ) -> tuple[np.ndarray, np.ndarray]:
         """Top-k items, each (k,), for a user known only by their raw item history (fold-in)."""
         history = self.history_matrix([item_ids])
-        ids, scores = self._top(self.fold_in(history), k, history if exclude_seen else None, items)
+        ids, scores = self._top(
+            self.fold_in(history), k, history if exclude_seen else None, np.arange(1), items
+        )
         return ids[0], scores[0]
 
     def similar_items(self, item_ids, k: int = 10) -> tuple[np.ndarray, np.ndarray]:
@@ -373,16 +401,16 @@ class Model:
             if not out.index.is_file():
                 save_index(build_index(self.item_emb), out.index)
 
-    def _top(self, vecs, k, seen, items) -> tuple[np.ndarray, np.ndarray]:
+    def _top(self, vecs, k, seen, rows, items) -> tuple[np.ndarray, np.ndarray]:
+        """Top-k raw ids and scores of `vecs`, without row `rows[j]` of `seen` for query j."""
         if k < 1:
             raise ConfigError(f"k must be positive, got {k}")
         if items is not None:
             allow = self.item_index(items)
             ids, scores = self._exact(
-                vecs, self.item_emb[allow], k, None if seen is None else seen[:, allow]
+                vecs, self.item_emb[allow], k, None if seen is None else seen[rows][:, allow]
             )
             return self._raw(np.where(ids >= 0, allow[np.maximum(ids, 0)], -1), scores)
-        rows = None if seen is None else np.arange(len(vecs))
         return self._raw(*search(self.index, vecs, k, seen, rows))
 
     @staticmethod

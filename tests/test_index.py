@@ -25,6 +25,24 @@ def test_flat_index_equals_brute_force_with_seen_items_excluded():
     assert not any(np.isin(got[u], seen[u].indices).any() for u in range(40))
 
 
+def test_queries_name_their_row_of_seen_in_any_order_and_unsorted_rows_are_handled():
+    rng = np.random.default_rng(2)
+    users, items = rng.normal(size=(30, 8)), rng.normal(size=(200, 8))
+    users, items = users.astype(np.float32), items.astype(np.float32)
+    seen = sp.random(30, 200, density=0.2, random_state=1, format="csr")
+    rows = rng.permutation(30)[:12]  # 12 queries, for users 'rows' of seen
+    expected = brute_force(users[rows], items, seen[rows], 20)
+    shuffled = seen.copy()
+    for r in range(30):  # the same sets, each row's indices reversed
+        lo, hi = shuffled.indptr[r], shuffled.indptr[r + 1]
+        shuffled.indices[lo:hi] = shuffled.indices[lo:hi][::-1].copy()
+        shuffled.data[lo:hi] = shuffled.data[lo:hi][::-1].copy()
+    shuffled.has_sorted_indices = False
+    for matrix in (seen, shuffled):
+        got, _ = search(build_index(items), users[rows], 20, matrix, rows)
+        np.testing.assert_array_equal(got, expected)
+
+
 def test_a_user_who_has_seen_thousands_of_items_still_gets_k_unseen():
     rng = np.random.default_rng(1)
     items = rng.normal(size=(5000, 8)).astype(np.float32)
