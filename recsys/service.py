@@ -119,6 +119,16 @@ class ReloadRequest(Body):
     run: str | None = Field(None, description="run directory (default: the one served)")
 
 
+class Recommendation(BaseModel):
+    user_id: int | str | None = None
+    item_ids: list[int | str]
+    scores: list[float]
+
+
+class Recommendations(BaseModel):
+    results: list[Recommendation]
+
+
 class FieldError(Exception):
     def __init__(self, status: int, field: str, message: str):
         super().__init__(message)
@@ -262,18 +272,17 @@ def create_app(
             {"error": f"internal error ({type(e).__name__})", "field": None}, status_code=500
         )
 
-    @app.post("/recommend")
-    async def recommend(req: RecommendRequest) -> dict:
-        return recommendation(holder.model, req)
+    # The hot endpoints answer with a ready JSONResponse: FastAPI then skips re-validating and
+    # re-encoding the reply through its response model (response_model keeps the OpenAPI schema).
+    @app.post("/recommend", response_model=Recommendation)
+    async def recommend(req: RecommendRequest) -> JSONResponse:
+        return JSONResponse(recommendation(holder.model, req))
 
-    @app.post("/recommend/batch")
-    async def recommend_batch(req: BatchRequest) -> dict:
+    @app.post("/recommend/batch", response_model=Recommendations)
+    async def recommend_batch(req: BatchRequest) -> JSONResponse:
         model = holder.model
-        return {
-            "results": [
-                recommendation(model, r, f"requests.{i}.") for i, r in enumerate(req.requests)
-            ]
-        }
+        results = [recommendation(model, r, f"requests.{i}.") for i, r in enumerate(req.requests)]
+        return JSONResponse({"results": results})
 
     @app.post("/recommend/history")
     async def recommend_history(req: HistoryRequest) -> dict:
