@@ -89,7 +89,7 @@ def search(
 
 
 def is_seen(seen: sp.csr_matrix, rows: np.ndarray, items: np.ndarray) -> np.ndarray:
-    """(B, d) bool: items[j, c] is in row rows[j] of `seen` (sorted indices).
+    """(B, d) bool: items[j, c] is in row rows[j] of `seen` (sorted indices); False for -1.
 
     One vectorised membership test for the whole batch: (row j, item) pairs as keys j·n + item,
     which the rows' own seen entries give in sorted order, searched with searchsorted.
@@ -104,7 +104,7 @@ def is_seen(seen: sp.csr_matrix, rows: np.ndarray, items: np.ndarray) -> np.ndar
     keys = np.repeat(np.arange(len(rows), dtype=np.int64) * n, lengths) + seen.indices[positions]
     queries = np.arange(len(rows), dtype=np.int64)[:, None] * n + np.maximum(items, 0)
     found = np.searchsorted(keys, queries)
-    return keys[np.minimum(found, total - 1)] == queries
+    return (keys[np.minimum(found, total - 1)] == queries) & (items >= 0)
 
 
 def recall_vs_exact(

@@ -31,6 +31,7 @@ import logging
 import os
 import signal
 import tempfile
+import threading
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -148,24 +149,35 @@ class Holder:
     """The served model: one reference, replaced whole on reload.
 
     With several worker processes (`shared` set), a reload in one worker is written to the
-    shared state file (run path and a fresh token); every other worker polls that file
-    (`follow`) and loads the same run, so all of them move to it within a second or so of the
-    reply, each still answering from its old model until its new one is complete.
+    shared state file (run path and a fresh token) before it is swapped in; every other worker
+    polls that file (`follow`) and loads the same run, so all of them move to it within a
+    second or so of the reply, each still answering from its old model until its new one is
+    complete. A load is swapped in only if no newer reload happened meanwhile, so workers
+    converge on the last reload whatever the order of events.
     """
 
     def __init__(self, run_dir: str | Path, index_kind: str, shared: Path | None = None):
         self.index_kind, self.shared = index_kind, shared
+        self.lock = threading.Lock()  # reload runs in a worker thread, follow on the loop
         state = self._state() if shared else {}
-        # a worker (re)started after a reload serves the reloaded run, not the first one
-        self.model = Model.load(state.get("run", run_dir), index_kind)
         self.token = state.get("token")
+        try:
+            # a worker (re)started after a reload serves the reloaded run, not the first one
+            self.model = Model.load(state.get("run", run_dir), index_kind)
+        except RecsysError as e:
+            if "run" not in state:
+                raise
+            log.error("the reloaded run in %s does not load (%s); serving %s", shared, e, run_dir)
+            self.model = Model.load(run_dir, index_kind)
 
     def reload(self, run_dir: str | Path | None = None) -> Model:
         model = Model.load(run_dir or self.model.run.path, self.index_kind)
-        self.model = model  # one reference assignment: atomic for every reader
-        if self.shared:
-            self.token = uuid.uuid4().hex
-            write_json(self.shared, {"run": str(model.run.path), "token": self.token})
+        with self.lock:
+            if self.shared:  # written first: a failed write leaves every worker as it was
+                token = uuid.uuid4().hex
+                write_json(self.shared, {"run": str(model.run.path), "token": token})
+                self.token = token
+            self.model = model  # one reference assignment: atomic for every reader
         return model
 
     def _state(self) -> dict:
@@ -176,19 +188,26 @@ class Holder:
             return {}
 
     async def follow(self, every_s: float = 0.5) -> None:
-        """Load the run another worker reloaded (see the class docstring); runs until cancelled."""
+        """Load the run another worker reloaded (see the class docstring); runs until cancelled.
+
+        A run that fails to load is logged and not retried until the next reload.
+        """
+        failed = None
         while True:
             await asyncio.sleep(every_s)
-            state = self._state()
-            if state.get("token") in (None, self.token):
+            token = (state := self._state()).get("token")
+            if token in (None, self.token, failed):
                 continue
-            self.token = state["token"]
             try:
                 model = await run_in_threadpool(Model.load, state["run"], self.index_kind)
-                self.model = model
-                log.info("followed a reload in another worker: %s", model.run.path)
-            except RecsysError as e:
+            except Exception as e:  # noqa: BLE001 - the follower must outlive any failed load
                 log.error("reload in another worker could not be followed: %s", e)
+                failed = token
+                continue
+            with self.lock:
+                if self._state().get("token") == token:  # else a newer reload won meanwhile
+                    self.model, self.token = model, token
+                    log.info("followed a reload in another worker: %s", model.run.path)
 
 
 def recommendation(model: Model, req: RecommendRequest, prefix: str = "") -> dict:

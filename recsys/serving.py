@@ -166,8 +166,10 @@ def build_run_index(
         return recall_vs_exact(on_device(index), items, users[sample], k_audit)
 
     given = {"ivf": nprobe, "hnsw": ef_search}.get(kind)
-    knob = given or (None if kind == "flat" else 8)
     limit = {"ivf": getattr(index, "nlist", 1), "hnsw": max(len(items), 8)}.get(kind, 0)
+    if kind == "ivf" and faiss.get_num_gpus() > 0:
+        limit = min(limit, 2048)  # FAISS's GPU IVF searches at most 2048 lists
+    knob = given or (None if kind == "flat" else min(8, limit))
     recall = audited(knob)
     while given is None and kind != "flat" and recall < target_recall and knob < limit:
         knob = min(2 * knob, limit)

@@ -1,10 +1,13 @@
 """The HTTP service (recsys.service) through FastAPI's test client: every endpoint, every error."""
 
+import asyncio
+import json
 import os
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 
 import httpx
@@ -13,7 +16,8 @@ import pytest
 from fastapi.testclient import TestClient
 
 from recsys import api
-from recsys.service import create_app
+from recsys.service import Holder, create_app
+from recsys.serving import Model
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
@@ -196,6 +200,56 @@ def test_workers_follow_a_reload_made_in_another_worker(runs, tmp_path):
         # a worker started later (uvicorn replacing one) serves the reloaded run, not its first
         with TestClient(create_app(runs / "mf", shared=state)) as cc:
             assert cc.get("/model").json()["model"] == "als"
+
+
+def test_a_follow_never_undoes_a_newer_reload(runs, tmp_path, monkeypatch):
+    """Worker w starts following v's reload to ALS; a reload to MF lands on w meanwhile."""
+    state = tmp_path / "state.json"
+    w, v = Holder(runs / "mf", "flat", state), Holder(runs / "mf", "flat", state)
+    real_load, started, release = Model.load, threading.Event(), threading.Event()
+
+    def slow_load(run, kind="flat"):
+        if threading.current_thread() is not threading.main_thread():  # w's follow
+            started.set()
+            release.wait(10)
+        return real_load(run, kind)
+
+    monkeypatch.setattr(Model, "load", staticmethod(slow_load))
+
+    async def scenario():
+        follower = asyncio.create_task(w.follow(every_s=0.01))
+        v.reload(runs / "als")
+        await asyncio.to_thread(started.wait, 10)
+        w.reload(runs / "mf")  # newer than the reload w is following
+        release.set()
+        for _ in range(150):  # w must never serve the older reload, not even for a moment
+            served.add(w.model.name)
+            await asyncio.sleep(0.002)
+        follower.cancel()
+
+    served = set()
+    asyncio.run(scenario())
+    assert started.is_set() and served == {"mf"}
+    assert w.token == json.loads(state.read_text())["token"]
+
+
+def test_a_run_that_fails_to_load_is_logged_and_the_old_model_kept(runs, tmp_path, caplog):
+    state = tmp_path / "state.json"
+    state.write_text(json.dumps({"run": str(tmp_path / "gone"), "token": "t1"}))
+    w = Holder(runs / "mf", "flat", state)  # a worker started after a reload to a bad run
+    assert w.model.name == "mf" and "does not load" in caplog.text
+
+    async def scenario():
+        follower = asyncio.create_task(w.follow(every_s=0.01))
+        state.write_text(json.dumps({"run": str(tmp_path / "gone2"), "token": "t2"}))
+        await asyncio.sleep(0.2)
+        assert w.model.name == "mf" and "could not be followed" in caplog.text
+        state.write_text(json.dumps({"run": str(runs / "als"), "token": "t3"}))
+        await asyncio.sleep(0.5)  # still following after the failure
+        follower.cancel()
+
+    asyncio.run(scenario())
+    assert w.model.name == "als" and w.token == "t3"
 
 
 def free_port() -> int:

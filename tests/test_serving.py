@@ -196,16 +196,18 @@ def test_index_build_raises_its_search_knob_to_the_target_recall(runs, kind, kno
     assert fixed["params"][knob] == 1 and fixed["params"]["target_recall"] is None
     if kind == "ivf":  # one of 64 clusters: far from exact (HNSW keeps k candidates anyway)
         assert fixed["recall_at_k"] < 0.9
-    chosen = api.build_run_index(runs / "lightgcn", kind, **nlist, target_recall=0.97)
+    chosen = api.build_run_index(runs / "lightgcn", kind, **nlist, target_recall=0.99)
     value = chosen["params"][knob]
-    assert chosen["recall_at_k"] >= 0.97 and value >= 8 and value & (value - 1) == 0
+    assert chosen["recall_at_k"] >= 0.99 and value >= 8 and value & (value - 1) == 0
+    if kind == "ivf":
+        assert value > 8  # 8 of 64 lists miss the target: the search for the least ran
     # the knob is stored in the index file: the served index searches as audited
     served = Model.load(runs / "lightgcn", kind)
     loaded = served.index.nprobe if kind == "ivf" else served.index.hnsw.efSearch
     assert loaded == value
     if value > 8:  # the value below it misses the target: the least power of two was chosen
         below = api.build_run_index(runs / "lightgcn", kind, **nlist, **{knob: value // 2})
-        assert below["recall_at_k"] < 0.97
+        assert below["recall_at_k"] < 0.99
 
 
 def test_cli_index_build_and_recommend_report_recall(runs):
