@@ -7,7 +7,7 @@ POST /recommend/history  {item_ids, k, exclude_seen, items}  a user known by his
 POST /recommend/batch    {requests: [/recommend bodies]} → {results: [...]}
 POST /similar            {item_id | item_ids, k} → {results: [{item_id, item_ids, scores}]}
 POST /reload             {run}  load a run (default: the served one again) and swap it in
-GET  /health, GET /model (run, dataset fingerprint, model, metrics, index and its recall)
+GET  /health (status, model, worker pid), GET /model (run, dataset fingerprint, model, metrics, index and its recall)
 GET  /docs, /openapi.json (FastAPI's own)
 
 Why FastAPI: request bodies are declared once as pydantic models, which gives validation that
@@ -332,7 +332,7 @@ def create_app(
 
     @app.get("/health")
     async def health() -> dict:
-        return {"status": "ok", "model": holder.model.name}
+        return {"status": "ok", "model": holder.model.name, "worker": os.getpid()}
 
     @app.get("/model")
     async def model_info() -> dict:

@@ -98,7 +98,7 @@ def test_batch_and_similar(client):
 
 
 def test_health_model_and_docs(client, runs):
-    assert client.get("/health").json() == {"status": "ok", "model": "mf"}
+    assert client.get("/health").json() == {"status": "ok", "model": "mf", "worker": os.getpid()}
     info = client.get("/model").json()
     assert info["run"] == str((runs / "mf").resolve()) and info["model"] == "mf"
     assert info["dataset_fingerprint"] == client.model.dataset.fingerprint
@@ -281,3 +281,36 @@ def test_recsys_serve_answers_and_reloads_on_sighup(runs):
         server.terminate()
         err = server.communicate(timeout=30)[1]
     assert "SIGHUP: reloaded" in err, err
+
+
+def test_recsys_serve_workers_all_follow_one_reload(runs):
+    port = free_port()
+    server = subprocess.Popen(
+        [sys.executable, "-m", "recsys", "serve", str(runs / "mf"), "--port", str(port),
+         "--threads", "1", "--workers", "2"],
+        stderr=subprocess.PIPE, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+
+    def models_seen(n: int) -> set:
+        # a fresh connection per request, so the kernel spreads them over both workers
+        return {httpx.get(url + "/model").json()["model"] for _ in range(n)}
+
+    def pids_seen(n: int) -> set:
+        return {httpx.get(url + "/health").json()["worker"] for _ in range(n)}
+
+    try:
+        for _ in range(300):
+            try:
+                if httpx.get(url + "/health").status_code == 200:
+                    break
+            except httpx.TransportError:
+                time.sleep(0.1)
+        assert models_seen(10) == {"mf"}
+        assert len(pids_seen(40)) == 2  # both workers answer
+        assert httpx.post(url + "/reload", json={"run": str(runs / "als")}).json()["model"] == "als"
+        time.sleep(2.0)  # the other worker polls the shared state every 0.5 s
+        assert models_seen(40) == {"als"}
+    finally:
+        server.terminate()
+        server.communicate(timeout=30)
