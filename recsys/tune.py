@@ -15,7 +15,8 @@ trial's weights. The study lives in `DIR/study.db` (SQLite) unless `storage` nam
 database URL, so an interrupted study resumes and several processes or machines can work on
 one study (Optuna's own distributed mode). DIR holds `tune.json` (the summary and marker),
 `best.toml` (the chosen setting, for `recsys train --config`) and `trials/NNNN/`, the run
-directory of every finished trial (pruned ones are removed).
+directory of the best trial (the others are removed as they finish: a cheap model runs
+thousands of trials in a budget, each with a checkpoint).
 """
 
 from __future__ import annotations
@@ -184,9 +185,25 @@ def tune(
         trial.set_user_attr("epochs", summary["epochs"])
         return summary["valid"][config.train.metric.lower()]
 
+    # the best run directory so far: removed when a trial of this process beats it
+    done = any(t.state == optuna.trial.TrialState.COMPLETE for t in study.trials)
+    kept = [Path(study.best_trial.user_attrs["run_dir"])] if done else []
+
     def on_trial(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        complete = trial.state == optuna.trial.TrialState.COMPLETE
+        best = study.best_trial if complete or kept else None  # one query, not every trial
+        if complete:
+            # Only the best trial's run is kept (test is evaluated on it): a cheap model
+            # runs thousands of trials, and every run directory holds a checkpoint.
+            run_dir = Path(trial.user_attrs["run_dir"])
+            if best.number == trial.number:
+                for old in kept:
+                    shutil.rmtree(old, ignore_errors=True)
+                kept[:] = [run_dir]
+            else:
+                shutil.rmtree(run_dir, ignore_errors=True)
         if table is not None:
-            table(trial_row(study, trial))
+            table(trial_row(trial, best.value if best else None))
 
     remaining = deadline - time.perf_counter()
     started_trials = [t for t in study.trials if t.state != optuna.trial.TrialState.WAITING]
@@ -225,19 +242,18 @@ def claim_folder(out: Path, model: str, fingerprint: str, overwrite: bool, datas
     return out
 
 
-def trial_row(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> dict:
+def trial_row(trial: optuna.trial.FrozenTrial, best: float | None) -> dict:
     """One line of the live table: number, state, value, best so far, seconds, options."""
     seconds = (
         (trial.datetime_complete - trial.datetime_start).total_seconds()
         if trial.datetime_complete and trial.datetime_start
         else None
     )
-    completed = [t.value for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
     return {
         "trial": trial.number,
         "state": trial.state.name.lower(),
         "value": trial.value,
-        "best": max(completed) if completed else None,
+        "best": best,
         "epochs": trial.user_attrs.get("epochs", trial.last_step),
         "seconds": seconds,
         "options": trial.params,
@@ -271,16 +287,22 @@ def summarise(
     metric: str,
 ) -> dict:
     """Best trial, its test metrics (evaluated here, once), best.toml, and every trial's row."""
-    states = [t.state.name.lower() for t in study.trials]
+    trials = study.trials  # read once: with a database storage each read is a query
+    states = [t.state.name.lower() for t in trials]
+    rows, best_so_far = [], None
+    for t in trials:
+        if t.state == optuna.trial.TrialState.COMPLETE:
+            best_so_far = t.value if best_so_far is None else max(best_so_far, t.value)
+        rows.append(trial_row(t, best_so_far))
     summary: dict[str, Any] = {
         "model": model,
         "dataset": str(Path(dataset_dir).resolve()),
         "dataset_fingerprint": ds.fingerprint,
         "metric": f"valid {metric}",
         "trials": {s: states.count(s) for s in sorted(set(states))},
-        "rows": [trial_row(study, t) for t in study.trials],
+        "rows": rows,
     }
-    completed = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    completed = [t for t in trials if t.state == optuna.trial.TrialState.COMPLETE]
     if not completed:
         summary["best"] = None
         return summary

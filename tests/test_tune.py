@@ -86,9 +86,11 @@ def test_tune_writes_study_trials_and_a_best_setting(tuned):
     best = summary["best"]
     completed = [r for r in rows if r["state"] == "complete"]
     assert best["valid"]["recall@20"] == max(r["value"] for r in completed)
-    # trials never evaluate test; the summary evaluates it once for the chosen trial
-    for trial_dir in (out / "trials").iterdir():
-        assert "test" not in json.loads((trial_dir / "metrics.json").read_text())
+    # only the best trial's run is kept; it never evaluated test, the summary does it once
+    assert [p.name for p in (out / "trials").iterdir()] == [f"{best['trial']:04d}"]
+    assert "test" not in json.loads(
+        (out / "trials" / f"{best['trial']:04d}" / "metrics.json").read_text()
+    )
     assert 0 < best["test"]["recall@20"] <= 1
 
 
@@ -110,6 +112,8 @@ def test_second_call_resumes_the_study(tuned, synth_dataset):
     out, summary, _ = tuned
     again = tune(synth_dataset, out, "mf", budget_minutes=2, trials=4, options=FAST)
     assert sum(again["trials"].values()) == 4
+    # still one run directory, the best one's, across the two calls
+    assert [p.name for p in (out / "trials").iterdir()] == [f"{again['best']['trial']:04d}"]
 
 
 def test_pruning_stops_a_diverging_trial_and_a_hopeless_one(synth_dataset, tmp_path, monkeypatch):
