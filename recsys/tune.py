@@ -185,9 +185,13 @@ def tune(
         trial.set_user_attr("epochs", summary["epochs"])
         return summary["valid"][config.train.metric.lower()]
 
-    # the best run directory so far: removed when a trial of this process beats it
+    # The best run directory so far, removed when a trial of this process beats it. Only
+    # folders under this OUT/trials are ever removed: with a shared --storage, the study's
+    # best may be another process's run, elsewhere or on another machine.
+    trials_dir = (out / "trials").resolve()
     done = any(t.state == optuna.trial.TrialState.COMPLETE for t in study.trials)
-    kept = [Path(study.best_trial.user_attrs["run_dir"])] if done else []
+    best_dir = Path(study.best_trial.user_attrs["run_dir"]) if done else None
+    kept = [best_dir] if best_dir and best_dir.resolve().parent == trials_dir else []
 
     def on_trial(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
         complete = trial.state == optuna.trial.TrialState.COMPLETE

@@ -258,20 +258,26 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_recsys_serve_answers_and_reloads_on_sighup(runs):
+def start_server(run, *extra: str) -> tuple[subprocess.Popen, str]:
+    """`recsys serve RUN EXTRA…` on a free port, once /health answers: (process, base url)."""
     port = free_port()
     server = subprocess.Popen(
-        [sys.executable, "-m", "recsys", "serve", str(runs / "mf"), "--port", str(port), "--threads", "1"],
+        [sys.executable, "-m", "recsys", "serve", str(run), "--port", str(port), "--threads", "1", *extra],
         stderr=subprocess.PIPE, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"},
     )  # fmt: skip
     url = f"http://127.0.0.1:{port}"
+    for _ in range(300):
+        try:
+            if httpx.get(url + "/health").status_code == 200:
+                break
+        except httpx.TransportError:
+            time.sleep(0.1)
+    return server, url
+
+
+def test_recsys_serve_answers_and_reloads_on_sighup(runs):
+    server, url = start_server(runs / "mf")
     try:
-        for _ in range(300):
-            try:
-                if httpx.get(url + "/health").status_code == 200:
-                    break
-            except httpx.TransportError:
-                time.sleep(0.1)
         got = httpx.post(url + "/recommend", json={"user_id": "u0001", "k": 3}).json()
         assert len(got["item_ids"]) == 3
         server.send_signal(signal.SIGHUP)
@@ -284,13 +290,7 @@ def test_recsys_serve_answers_and_reloads_on_sighup(runs):
 
 
 def test_recsys_serve_workers_all_follow_one_reload(runs):
-    port = free_port()
-    server = subprocess.Popen(
-        [sys.executable, "-m", "recsys", "serve", str(runs / "mf"), "--port", str(port),
-         "--threads", "1", "--workers", "2"],
-        stderr=subprocess.PIPE, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"},
-    )  # fmt: skip
-    url = f"http://127.0.0.1:{port}"
+    server, url = start_server(runs / "mf", "--workers", "2")
 
     def models_seen(n: int) -> set:
         # a fresh connection per request, so the kernel spreads them over both workers
@@ -300,12 +300,6 @@ def test_recsys_serve_workers_all_follow_one_reload(runs):
         return {httpx.get(url + "/health").json()["worker"] for _ in range(n)}
 
     try:
-        for _ in range(300):
-            try:
-                if httpx.get(url + "/health").status_code == 200:
-                    break
-            except httpx.TransportError:
-                time.sleep(0.1)
         assert models_seen(10) == {"mf"}
         assert len(pids_seen(40)) == 2  # both workers answer
         assert httpx.post(url + "/reload", json={"run": str(runs / "als")}).json()["model"] == "als"
