@@ -6,9 +6,4 @@ import os
 # turn every barrier into a wait for a descheduled thread (measured in recsys/threads.py).
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-from recsys.malloc import keep_freed_memory  # noqa: E402
-
-# Freed tensors stay in the heap instead of being unmapped and faulted in again (measured there).
-keep_freed_memory()
-
 __version__ = "0.1.0"

@@ -1,13 +1,18 @@
 """The memory and time estimate: its formula by hand, and its peak against a measured run."""
 
 import json
+import os
+import platform
 import subprocess
 import sys
 
 import pytest
 
-from recsys import api
+from recsys import api, malloc
+from recsys.errors import ConfigError
 from recsys.train import estimate as est
+from recsys.train import loop
+from recsys.train.config import resolve_config
 from recsys.train.estimate import available_bytes, estimate
 
 MIB = 2**20
@@ -34,7 +39,7 @@ def test_large_graph_peak_counts_activations_per_layer_and_model():
         got = estimate(800_000, 160_000, edges, dim, 3, batch, model, steps_per_epoch=100)
         assert got["peak_bytes"] == fixed + step
     lightgcn = estimate(800_000, 160_000, edges, dim, 3, batch, "lightgcn", 100)
-    # 100·(1.4e-9·11.5M·64·3 + 1.25e-8·960k·64·4) = 100·(3.09 + 3.07) s
+    # 100·(C_E·11.5M·64·3 + C_N·960k·64·4)
     expected = 100 * (
         est.SECONDS_PER_EDGE_DIM * edges * dim * 3 + est.SECONDS_PER_NODE_DIM * nodes * dim * 4
     )
@@ -104,3 +109,55 @@ def test_peak_estimate_is_within_2x_of_a_measured_lightgcn_run(tmp_path):
     got = estimate(info["users"], info["items"], nnz, 32, 3, batch, "lightgcn", -(-nnz // batch))
     measured = summary["peak_rss_mib"] * MIB
     assert measured / 2 <= got["peak_bytes"] <= 2 * measured, (got, summary["peak_rss_mib"])
+
+
+def test_training_keeps_freed_memory_only_where_the_larger_peak_fits(synth_dataset, monkeypatch):
+    from recsys.data.dataset import Dataset
+
+    ds = Dataset.load(synth_dataset)
+    config = resolve_config("lightgcn", ("test", {"dim": 16}))
+    batch = config.train.batch_size
+    need = estimate(ds.n_users, ds.n_items, ds.train.nnz, 16, 3, batch, "lightgcn",
+                    -(-ds.train.nnz // batch))["peak_bytes"]  # fmt: skip
+    calls = []
+    monkeypatch.setattr(loop, "keep_freed_memory", lambda keep: calls.append(keep) or True)
+    for have, kept in ((need * 2, True), (need * 1.2, False)):
+        monkeypatch.setattr(loop, "available_bytes", lambda have=have: int(have))
+        loop.check_memory(config, ds)
+        assert calls.pop() is kept
+    monkeypatch.setattr(loop, "available_bytes", lambda: need - 1)
+    with pytest.raises(ConfigError, match="--dim, --layers or --batch-size"):
+        loop.check_memory(config, ds)
+    assert not calls
+
+
+FREE_64_MIB = """
+import re, sys
+import torch
+from recsys import malloc
+def rss():
+    return int(re.search(r"VmRSS:\\s+(\\d+)", open("/proc/self/status").read()).group(1)) // 1024
+print(malloc.keep_freed_memory(sys.argv[1] == "keep"))
+block = torch.empty(16 * 2**20)
+block.fill_(1)
+before = rss()
+del block
+print(before - rss())
+"""
+
+
+def freed_mib(mode: str, **env: str) -> tuple[str, int]:
+    """In a fresh process: whether the setting applied, and the MiB given back by freeing 64 MiB."""
+    clean = {k: v for k, v in os.environ.items() if k not in malloc.USER_SETTINGS}
+    out = subprocess.run([sys.executable, "-c", FREE_64_MIB, mode], env={**clean, **env},
+                         capture_output=True, text=True, check=True).stdout.split()  # fmt: skip
+    return out[0], int(out[1])
+
+
+@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="mallopt is glibc's")
+def test_freed_memory_stays_in_the_process_only_when_kept():
+    assert freed_mib("return") == ("True", pytest.approx(64, abs=8))  # glibc's default: unmapped
+    assert freed_mib("keep") == ("True", pytest.approx(0, abs=8))  # kept for the next step
+    # The user's own malloc settings, or RECSYS_KEEP_FREED=0, are left alone.
+    assert freed_mib("keep", RECSYS_KEEP_FREED="0") == ("False", pytest.approx(64, abs=8))
+    assert freed_mib("keep", MALLOC_MMAP_MAX_="65536") == ("False", pytest.approx(64, abs=8))

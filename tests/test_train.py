@@ -69,10 +69,13 @@ def test_run_directory_contents_and_checkpoint_round_trip(synth_dataset, tmp_pat
     saved_users, saved_items = run.load_embeddings()
     np.testing.assert_allclose(users.numpy(), saved_users, rtol=1e-6)
     np.testing.assert_allclose(items.numpy(), saved_items, rtol=1e-6)
-    assert (
-        run.read_summary()["best_epoch"]
-        == max(rows, key=lambda r: r["valid"]["recall@20"])["epoch"]
-    )
+    summary = run.read_summary()
+    assert summary["best_epoch"] == max(rows, key=lambda r: r["valid"]["recall@20"])["epoch"]
+    # The summary's validation is the loop's, taken over, and equal to scoring the saved run.
+    assert summary["valid"] == rows[summary["best_epoch"] - 1]["valid"]
+    fresh = api.evaluate_run(run.path, "valid", ks=(10, 20, 40))["metrics"]
+    for name in ("recall@20", "ndcg@20", "coverage@20"):
+        assert summary["valid"][name] == pytest.approx(fresh[name], rel=1e-6)
 
 
 def test_resume_continues_exactly_where_it_stopped(synth_dataset, tmp_path):
