@@ -214,3 +214,27 @@ def test_explain_is_well_formed_and_contributions_add_up():
                     * float(model.user_intents[:, k].detach() @ item_emb[items[b, j]])
                 )
                 assert entry["contribution"] == pytest.approx(expected, rel=1e-4, abs=1e-7)
+
+
+def test_contrast_runs_over_at_most_contrast_nodes_of_the_batch(monkeypatch):
+    import recsys.models.dccf as dccf
+
+    anchors = []
+    real = dccf.info_nce
+    monkeypatch.setattr(dccf, "info_nce", lambda a, *rest: anchors.append(len(a)) or real(a, *rest))
+    batch = Batch(  # distinct users 0, 1, 3, 4; distinct positive items 0, 2, 3
+        torch.tensor([0, 1, 3, 3, 4]), torch.tensor([0, 2, 3, 0, 2]), torch.tensor([3, 0, 1, 1, 0])
+    )
+    full, graph = tiny_model(contrast_nodes=0)
+    everything = full.loss_terms(batch, graph)["ssl"]
+    assert anchors == [4, 4, 3, 3]  # users, then items, at each of the 2 layers
+    anchors.clear()
+    roomy, _ = tiny_model(contrast_nodes=4)  # every distinct node fits: the same loss
+    assert roomy.loss_terms(batch, graph)["ssl"] == everything
+    assert anchors == [4, 4, 3, 3]
+    anchors.clear()
+    capped, _ = tiny_model(contrast_nodes=2)
+    draws = capped.generator.get_state()
+    assert capped.loss_terms(batch, graph)["ssl"] != everything
+    assert anchors == [2, 2, 2, 2]
+    assert not torch.equal(capped.generator.get_state(), draws)  # drawn from the run's generator
