@@ -265,13 +265,13 @@ def check_memory(config: RunConfig, ds: Dataset) -> None:
             f"{have / 2**30:.1f} GiB available: lower --dim, --layers or --batch-size"
         )
     # Faster steps for more memory where there is room (measured in recsys.malloc).
-    peak = need["peak_bytes"]
+    peak, kept = need["peak_bytes"], "as malloc is set"
     if peak * KEEP_FREED_PEAK_FACTOR <= have and keep_freed_memory(True):
-        peak *= KEEP_FREED_PEAK_FACTOR
-    else:
-        keep_freed_memory(False)
-    log.info("estimated peak memory %.2f GiB (%.1f GiB available), about %.1f s per epoch",
-             peak / 2**30, have / 2**30, need["epoch_seconds"])  # fmt: skip
+        peak, kept = peak * KEEP_FREED_PEAK_FACTOR, "kept for speed"
+    elif keep_freed_memory(False):
+        kept = "returned to the system"
+    log.info("estimated peak memory %.2f GiB (%.1f GiB available; freed memory %s), "
+             "about %.1f s per epoch", peak / 2**30, have / 2**30, kept, need["epoch_seconds"])  # fmt: skip
 
 
 def fit(trainer: Trainer, run: RunDir, metric: str, progress: bool, on_validation) -> None:
