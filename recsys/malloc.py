@@ -29,21 +29,32 @@ GLIBC_DEFAULTS = {M_MMAP_MAX: 65536, M_TRIM_THRESHOLD: 128 * 1024}
 USER_SETTINGS = ("MALLOC_MMAP_MAX_", "MALLOC_TRIM_THRESHOLD_", "GLIBC_TUNABLES")
 
 
+_kept = False  # whether this process keeps freed memory now
+
+
 def keep_freed_memory(keep: bool = True) -> bool:
     """Keep freed blocks in the heap (`keep`) or return them to the system, glibc's default.
 
-    Returns True when the setting was applied, False where recsys leaves malloc alone.
+    Returns True when malloc is in that state, False where recsys leaves malloc alone. glibc's
+    settings are only touched to switch, so a process that never kept freed memory keeps
+    glibc's own (dynamic) mmap threshold.
     """
+    global _kept
     if os.environ.get("RECSYS_KEEP_FREED", "1") == "0" or any(
         v in os.environ for v in USER_SETTINGS
     ):
         return False
     if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
         return False
+    if keep == _kept:
+        return True
     # mallopt's value is a C int: 2 GiB - 1 is the largest trim threshold it takes.
     values = {M_MMAP_MAX: 0, M_TRIM_THRESHOLD: 2**31 - 1} if keep else GLIBC_DEFAULTS
     try:
         libc = ctypes.CDLL(None)
-        return all(libc.mallopt(param, value) == 1 for param, value in values.items())
+        applied = all(libc.mallopt(param, value) == 1 for param, value in values.items())
     except (OSError, AttributeError):
         return False
+    if applied:
+        _kept = keep
+    return applied
