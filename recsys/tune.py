@@ -8,7 +8,9 @@ folder, with the options Optuna's TPE sampler draws from the model's `search_spa
 in the model's own file) on top of the model's defaults. The loop reports the validation metric
 after every evaluation, and a median pruner stops a trial that sits below the median of the
 earlier trials at the same epoch; a trial whose loss diverges is pruned as well. The first
-trial of a new study is the defaults themselves, so tuning never ends below them.
+trial of a new study is the defaults themselves, so tuning never ends below them. A budget
+too short to train the defaults to early stopping in their half is too short to compare
+settings: the defaults then continue for the whole budget, and the study ends with them.
 
 Test is never seen by a trial (`test=False`); it is evaluated once, at the end, on the best
 trial's weights. The study lives in `DIR/study.db` (SQLite) unless `storage` names another
@@ -172,10 +174,33 @@ def tune(
             if trial.should_prune():
                 raise optuna.TrialPruned(f"below the median at epoch {epoch} ({score:.4f})")
 
+        t0 = time.perf_counter()
         try:
             summary = loop.train(
                 ds, dataset_dir, config, run_dir, progress=False, on_validation=report, test=False
             )
+            wall, left = time.perf_counter() - t0, deadline - time.perf_counter()
+            if (
+                trial.number == 0
+                and summary.get("stopped_by") == "time budget"
+                and left > wall / summary["epochs"]
+            ):
+                # The defaults were still improving when their half ran out: a budget that
+                # cannot train them to the end cannot compare settings either (every other
+                # trial would stop early too, and lose to the defaults given the whole budget).
+                # The rest of it continues them, in training seconds at this trial's ratio.
+                log.warning("the defaults were still improving after %d epochs: continuing them "
+                            "for the rest of the budget", summary["epochs"])  # fmt: skip
+                more = summary["train_seconds"] + left * summary["train_seconds"] / wall
+                config = resolve_config(
+                    model,
+                    derived,
+                    ("tuner", {"seed": seed, **drawn}),
+                    ("command line", fixed | {"max_minutes": more / 60}),
+                )
+                summary = loop.train(ds, dataset_dir, config, run_dir, resume=True,
+                                     progress=False, on_validation=report, test=False)  # fmt: skip
+                trial.set_user_attr("reason", "defaults continued for the whole budget")
         except (optuna.TrialPruned, RecsysError) as e:
             shutil.rmtree(run_dir, ignore_errors=True)
             trial.set_user_attr("reason", str(e))

@@ -83,6 +83,7 @@ def test_tune_writes_study_trials_and_a_best_setting(tuned):
     assert json.loads((out / "tune.json").read_text())["best"] == summary["best"]
     # the first trial is the model's defaults
     assert rows[0]["options"] == default_point("mf", FAST) == {"lr": 5e-3, "reg": 1e-2}
+    assert rows[0]["reason"] is None  # its half of the budget was enough: not continued
     best = summary["best"]
     completed = [r for r in rows if r["state"] == "complete"]
     assert best["valid"]["recall@20"] == max(r["value"] for r in completed)
@@ -143,6 +144,35 @@ def test_pruning_stops_a_diverging_trial_and_a_hopeless_one(synth_dataset, tmp_p
     assert diverging and late_tiny
     assert all(r["state"] == "pruned" and r["epochs"] < 12 for r in late_tiny)
     assert summary["best"]["options"]["lr"] == 5e-3
+
+
+def test_defaults_out_of_time_in_their_half_continue_for_the_whole_budget(
+    synth_dataset, tmp_path, monkeypatch
+):
+    # Every epoch "takes" 6 s more: the defaults' half of a 2-minute budget ends after 10 of
+    # their 25 epochs while they still run; the rest of the budget continues that very run.
+    original = loop.Trainer.train_epoch
+
+    def slow_epoch(self, *a, **k):
+        row = original(self, *a, **k)
+        self.state["train_seconds"] += 6.0
+        return row
+
+    monkeypatch.setattr(loop.Trainer, "train_epoch", slow_epoch)
+    options = {**FAST, "epochs": 25, "min_epochs": 25}
+    rows = []
+    summary = tune(
+        synth_dataset, tmp_path / "t", "mf", budget_minutes=2, trials=1, options=options,
+        table=rows.append,
+    )  # fmt: skip
+    assert rows[0]["epochs"] == 25 and "continued" in rows[0]["reason"]
+    run = tmp_path / "t" / "trials" / "0000"
+    assert [json.loads(line)["epoch"] for line in (run / "metrics.jsonl").open()] == list(
+        range(1, 26)
+    )
+    # the continued trial is the defaults trained once for 25 epochs, resumed seamlessly
+    alone = api.train(synth_dataset, tmp_path / "alone", "mf", options, progress=False)
+    assert summary["best"]["valid"] == alone["valid"] and alone["stopped_by"] == "epochs"
 
 
 def test_tune_refuses_a_folder_it_did_not_write(synth_dataset, tmp_path):

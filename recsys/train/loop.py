@@ -350,6 +350,13 @@ def finish(trainer: Trainer, run: RunDir, test: bool = True) -> dict:
         "batch_size": trainer.opts.batch_size,
         "lr": trainer.opts.lr,
     }
+    if trainer.model.trainable:
+        # why training ended: a tuner continues a run that ran out of time while improving
+        summary["stopped_by"] = (
+            "early stopping" if state.get("stopped")
+            else "epochs" if state["epoch"] >= trainer.opts.epochs
+            else "time budget"
+        )  # fmt: skip
     rows = run.read_metrics()
     if rows:
         summary["seconds_per_epoch"] = float(np.median([r["epoch_seconds"] for r in rows]))
