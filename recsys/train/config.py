@@ -216,6 +216,10 @@ def steps_for_log(opts: TrainParams, n_train: int, propagates: bool) -> tuple[in
     the learning rate with the square root of the batch's growth (the usual rule for Adam),
     regularisers being batch means already. Logs small enough for `batch_size` to need no more
     than `max_steps` steps (ml-100k, yelp-sslrec, the sample) train exactly as configured.
+    Linear scaling is too much: LightGCN on gowalla (batch 2048 → 7,297) with the lr doubled,
+    about the linear rule's, peaked at valid Recall@20 0.1645 (epoch 31) and stopped early,
+    test 0.1475; the square-root rule was at 0.1711 after 45 epochs and still rising, test 0.1587
+    (15 minutes each, one thread, side by side).
     """
     if not propagates or not opts.max_steps or n_train <= opts.max_steps * opts.batch_size:
         return opts.batch_size, opts.lr
