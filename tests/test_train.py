@@ -9,7 +9,7 @@ from recsys.data.dataset import Dataset
 from recsys.errors import ConfigError, RunError
 from recsys.evaluate import evaluate
 from recsys.train.config import read_config_file, resolve_config
-from recsys.train.loop import build_model
+from recsys.train.loop import build_model, monitored_users
 from recsys.train.rundir import RunDir
 
 FAST = {"epochs": 4, "lr": 0.01, "batch_size": 256, "dim": 16}
@@ -76,6 +76,37 @@ def test_run_directory_contents_and_checkpoint_round_trip(synth_dataset, tmp_pat
     fresh = api.evaluate_run(run.path, "valid", ks=(10, 20, 40))["metrics"]
     for name in ("recall@20", "ndcg@20", "coverage@20"):
         assert summary["valid"][name] == pytest.approx(fresh[name], rel=1e-6)
+
+
+def test_epochs_validate_a_fixed_sample_of_users_and_the_summary_all_of_them(
+    synth_dataset, tmp_path
+):
+    ds = Dataset.load(synth_dataset)
+    with_valid = np.flatnonzero(np.diff(ds.valid.indptr) > 0)
+    assert len(with_valid) > 100
+    whole = api.train(synth_dataset, tmp_path / "all", "lightgcn", FAST, progress=False)
+    sampled = api.train(
+        synth_dataset, tmp_path / "part", "lightgcn", {**FAST, "valid_users": 100}, progress=False
+    )
+    rows, whole_rows = (
+        RunDir(tmp_path / "part").read_metrics(),
+        RunDir(tmp_path / "all").read_metrics(),
+    )
+    # the same 100 users each epoch, and training draws untouched by the sample's draw
+    assert [r["valid"]["n_users"] for r in rows] == [100] * 4
+    assert [r["loss"] for r in rows] == [r["loss"] for r in whole_rows]
+    # the summary validates the chosen weights on every validation user
+    assert sampled["best_epoch"] == max(rows, key=lambda r: r["valid"]["recall@20"])["epoch"]
+    assert sampled["valid"]["n_users"] == len(with_valid) == whole["valid"]["n_users"]
+    fresh = api.evaluate_run(tmp_path / "part", "valid", ks=(10, 20, 40))["metrics"]
+    assert sampled["valid"]["recall@20"] == pytest.approx(fresh["recall@20"], rel=1e-6)
+    # the watched sample's score is its users' mean in the full per-user evaluation
+    full = evaluate(*RunDir(tmp_path / "part").load_embeddings(), ds.train, ds.valid, (20,))
+    watched = np.isin(full.users, monitored_users(ds.valid, 100, FAST.get("seed", 0)))
+    assert watched.sum() == 100
+    best_row = rows[sampled["best_epoch"] - 1]["valid"]["recall@20"]
+    assert best_row == pytest.approx(full.per_user["recall@20"][watched].mean(), rel=1e-5)
+    assert monitored_users(ds.valid, len(with_valid), 0) is None
 
 
 def test_resume_continues_exactly_where_it_stopped(synth_dataset, tmp_path):

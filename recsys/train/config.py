@@ -51,6 +51,14 @@ class TrainParams:
         },
     )
     eval_every: int = field(default=1, metadata={"help": "validate every N epochs", "min": 1})
+    valid_users: int = field(
+        default=16384,
+        metadata={
+            "help": "users validated after each epoch: at most this many, drawn once from the "
+            "seed (0: all); the best epoch is validated on all of them at the end",
+            "min": 0,
+        },
+    )
     patience: int = field(
         default=10,
         metadata={

@@ -14,6 +14,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+import scipy.sparse as sp
 import torch
 from tqdm import tqdm
 
@@ -70,6 +71,25 @@ def peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def monitored_users(valid, cap: int, seed: int) -> np.ndarray | None:
+    """The users validated after each epoch: all of them (None) unless more than `cap` have
+    validation items, else `cap` of those, drawn once from a generator of their own so the
+    training draws stay as they were.
+
+    Full ranking costs users × items, so validating every user after every epoch grows with the
+    square of the log: a third of LightGCN's time on gowalla (4.5 s against a 12 s epoch, one
+    thread), 330 s against a 299 s epoch at 16M interactions. The same 16,384 users every epoch
+    make the epochs' comparison paired; ml-100k, the sample and yelp-sslrec (10,358 validation
+    users) have fewer, so they validate everyone as before.
+    """
+    if valid is None or not cap:
+        return None
+    users = np.flatnonzero(np.diff(valid.indptr) > 0)
+    if len(users) <= cap:
+        return None
+    return np.sort(np.random.default_rng([seed, 1]).choice(users, cap, replace=False))
+
+
 class Trainer:
     """One model in training, in memory: model, graph, optimizer, sampler and their state.
 
@@ -98,6 +118,7 @@ class Trainer:
             )  # fmt: skip
         self.opts = dataclasses.replace(config.train, batch_size=batch_size, lr=lr)
         self.rng = np.random.default_rng(self.opts.seed)
+        self.monitored = monitored_users(ds.valid, self.opts.valid_users, self.opts.seed)
         self.state = {"epoch": 0, "best": -math.inf, "best_epoch": 0, "train_seconds": 0.0}
         self.optimizer = self.sampler = self._loss = None
         if self.model.trainable:
@@ -161,11 +182,17 @@ class Trainer:
         self.model.eval()
         return self.model.final_embeddings(self.graph)
 
-    def validate(self, split: str = "valid") -> dict:
-        """Full-ranking metrics on `split`, training items excluded."""
-        users, items = self.embeddings()
+    def validate(self, split: str = "valid", users: np.ndarray | None = None) -> dict:
+        """Full-ranking metrics on `split` (on its rows `users` only, if given), training items
+        excluded."""
+        truth = self.ds.split(split)
+        if users is not None:
+            keep = np.zeros(truth.shape[0], dtype=truth.dtype)
+            keep[users] = 1
+            truth = sp.diags(keep).dot(truth).tocsr()
+        user_emb, item_emb = self.embeddings()
         return distributed.sharded_evaluate(
-            users, items, self.ds.train, self.ds.split(split), tuple(self.opts.eval_k)
+            user_emb, item_emb, self.ds.train, truth, tuple(self.opts.eval_k)
         )
 
     def checkpoint(self) -> dict:
@@ -299,7 +326,7 @@ def fit(trainer: Trainer, run: RunDir, metric: str, progress: bool, on_validatio
         stop, shown = False, ""
         if has_valid and (epoch % opts.eval_every == 0 or epoch == opts.epochs):
             t1 = time.perf_counter()
-            row["valid"] = trainer.validate()
+            row["valid"] = trainer.validate(users=trainer.monitored)
             row["eval_seconds"] = time.perf_counter() - t1
             score = row["valid"][metric]
             shown = f"{metric} {score:.4f}"
@@ -360,8 +387,12 @@ def finish(trainer: Trainer, run: RunDir, test: bool = True) -> dict:
     rows = run.read_metrics()
     if rows:
         summary["seconds_per_epoch"] = float(np.median([r["epoch_seconds"] for r in rows]))
-    # The loop validated the best epoch's weights already: at 16M interactions that is 5.5 min.
-    best = next((r for r in rows if r["epoch"] == state["best_epoch"] and "valid" in r), None)
+    # The loop validated the best epoch's weights already, unless it watched a sample of users.
+    best = (
+        None
+        if trainer.monitored is not None
+        else next((r for r in rows if r["epoch"] == state["best_epoch"] and "valid" in r), None)
+    )
     if best is not None:
         summary["valid"], summary["valid_eval_seconds"] = best["valid"], best.get("eval_seconds")
     for split in ("valid", "test") if test else ("valid",):
