@@ -198,9 +198,11 @@ def tune(
                     ("tuner", {"seed": seed, **drawn}),
                     ("command line", fixed | {"max_minutes": more / 60}),
                 )
+                # Not reported to the pruner: the defaults' run must survive to the end.
                 summary = loop.train(ds, dataset_dir, config, run_dir, resume=True,
-                                     progress=False, on_validation=report, test=False)  # fmt: skip
+                                     progress=False, test=False)  # fmt: skip
                 trial.set_user_attr("reason", "defaults continued for the whole budget")
+                trial.study.stop()  # no time is left for another trial to finish
         except (optuna.TrialPruned, RecsysError) as e:
             shutil.rmtree(run_dir, ignore_errors=True)
             trial.set_user_attr("reason", str(e))

@@ -162,9 +162,11 @@ def test_defaults_out_of_time_in_their_half_continue_for_the_whole_budget(
     options = {**FAST, "epochs": 25, "min_epochs": 25}
     rows = []
     summary = tune(
-        synth_dataset, tmp_path / "t", "mf", budget_minutes=2, trials=1, options=options,
+        synth_dataset, tmp_path / "t", "mf", budget_minutes=2, trials=3, options=options,
         table=rows.append,
     )  # fmt: skip
+    # the study ends with them: no time is left for another trial to finish
+    assert len(rows) == 1 and summary["trials"] == {"complete": 1}
     assert rows[0]["epochs"] == 25 and "continued" in rows[0]["reason"]
     run = tmp_path / "t" / "trials" / "0000"
     assert [json.loads(line)["epoch"] for line in (run / "metrics.jsonl").open()] == list(
