@@ -102,7 +102,7 @@ def test_epochs_validate_a_fixed_sample_of_users_and_the_summary_all_of_them(
     assert sampled["valid"]["recall@20"] == pytest.approx(fresh["recall@20"], rel=1e-6)
     # the watched sample's score is its users' mean in the full per-user evaluation
     full = evaluate(*RunDir(tmp_path / "part").load_embeddings(), ds.train, ds.valid, (20,))
-    watched = np.isin(full.users, monitored_users(ds.valid, 100, FAST.get("seed", 0)))
+    watched = np.isin(full.users, monitored_users(ds.valid, 100, seed=0))
     assert watched.sum() == 100
     best_row = rows[sampled["best_epoch"] - 1]["valid"]["recall@20"]
     assert best_row == pytest.approx(full.per_user["recall@20"][watched].mean(), rel=1e-5)

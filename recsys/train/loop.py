@@ -79,9 +79,9 @@ def monitored_users(valid, cap: int, seed: int) -> np.ndarray | None:
     Full ranking costs users × items, so validating every user after every epoch grows with the
     square of the log: a quarter of LightGCN's time on gowalla (4.7 s against a 14 s epoch,
     one thread; 2.5 s sampled), 330 s against a 299 s epoch at 16M interactions (6.0 s
-    sampled). The same 16,384 users every epoch
-    make the epochs' comparison paired; ml-100k, the sample and yelp-sslrec (10,358 validation
-    users) have fewer, so they validate everyone as before.
+    sampled). The same users every epoch keep the epochs' comparison paired. ml-100k, the
+    sample and yelp-sslrec (10,358 validation users) are below the default cap of 16,384, so
+    they validate everyone as before.
     """
     if valid is None or not cap:
         return None
