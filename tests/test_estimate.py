@@ -161,3 +161,16 @@ def test_freed_memory_stays_in_the_process_only_when_kept():
     # The user's own malloc settings, or RECSYS_KEEP_FREED=0, are left alone.
     assert freed_mib("keep", RECSYS_KEEP_FREED="0") == ("False", pytest.approx(64, abs=8))
     assert freed_mib("keep", MALLOC_MMAP_MAX_="65536") == ("False", pytest.approx(64, abs=8))
+
+
+def test_the_sampled_softmax_adds_its_scores_and_bounds_their_memory():
+    # the 16M log's batch: 115k rows × 1,025 scores are scored in blocks of 2^24
+    args = (800_000, 160_000, 11_500_000, 64, 3, 115_000, "lightgcn", 100)
+    bpr, softmax = estimate(*args), estimate(*args, softmax_negatives=1024)
+    extra = 100 * est.SECONDS_PER_SCORE_DIM * 115_000 * 1024 * 64
+    assert softmax["epoch_seconds"] - bpr["epoch_seconds"] == pytest.approx(extra)
+    assert softmax["peak_bytes"] - bpr["peak_bytes"] == 4 * 4 * 2**24
+    # a batch of 7,297 rows (gowalla's) fits in one block
+    args = (800_000, 160_000, 11_500_000, 64, 3, 7297, "lightgcn", 100)
+    gap = estimate(*args, softmax_negatives=1024)["peak_bytes"] - estimate(*args)["peak_bytes"]
+    assert gap == 4 * 4 * 7297 * 1025

@@ -135,7 +135,7 @@ def test_same_seed_repeats_exactly_on_cpu(synth_dataset, tmp_path):
     b = api.train(synth_dataset, tmp_path / "b", "lightgcl", options, progress=False)
     assert a["test"] == b["test"]
     losses = [
-        [(r["bpr"], r["cl"], r["decay"]) for r in RunDir(tmp_path / run).read_metrics()]
+        [(r["softmax"], r["cl"], r["decay"]) for r in RunDir(tmp_path / run).read_metrics()]
         for run in "ab"
     ]
     assert losses[0] == losses[1]
@@ -152,4 +152,5 @@ def test_weight_decay_default_follows_size_and_density():
     assert decay_for(train) == pytest.approx(3.75e-5)
     # twice the rows at the same density per node: half the decay per row (a mean over rows)
     assert decay_for(sp.block_diag([train, train], format="csr")) == pytest.approx(1.875e-5)
-    assert decay_for(sp.identity(4, format="csr")) == 1e-4  # clamped to the search range
+    assert decay_for(train, softmax=True) == pytest.approx(3.75e-4)
+    assert decay_for(sp.identity(4, format="csr")) == 1e-3  # clamped to the search range

@@ -55,7 +55,7 @@ def test_run_directory_contents_and_checkpoint_round_trip(synth_dataset, tmp_pat
     assert not list(run.path.glob("*.tmp")) and not list(run.path.glob(".*"))
     rows = run.read_metrics()
     assert [r["epoch"] for r in rows] == [1, 2, 3, 4]
-    assert {"bpr", "reg", "loss", "epoch_seconds", "valid"} <= rows[0].keys()
+    assert {"softmax", "reg", "loss", "epoch_seconds", "valid"} <= rows[0].keys()
     # best.pt reproduces the saved embeddings exactly
     ds = Dataset.load(synth_dataset)
     config = resolve_config(
@@ -266,3 +266,72 @@ def test_graph_models_bound_their_steps_per_epoch():
     # MF's step does not touch the graph: its epoch is linear already
     assert steps_for_log(opts, 729_660, propagates=False) == (2048, 5e-3)
     assert steps_for_log(TrainParams(max_steps=0), 10**8, propagates=True)[0] == 2048
+
+
+def test_sampled_softmax_by_hand_and_in_row_blocks(monkeypatch):
+    import recsys.models.base as base
+
+    users, pos = torch.tensor([[1.0, 0.0]]), torch.tensor([[2.0, 0.0]])
+    neg = torch.tensor([[0.0, 1.0], [1.0, 0.0]])
+    # scores 2 (positive), 0, 1: -log e² / (e² + e⁰ + e¹); τ = 0.5 doubles each
+    assert base.softmax_loss(users, pos, neg, 1.0).item() == pytest.approx(
+        np.log(np.e**2 + 1 + np.e) - 2, rel=1e-5
+    )
+    assert base.softmax_loss(users, pos, neg, 0.5).item() == pytest.approx(
+        np.log(np.e**4 + 1 + np.e**2) - 4, rel=1e-5
+    )
+    rows = [torch.randn(n, 8, generator=torch.Generator().manual_seed(n), requires_grad=True)
+            for n in (300, 300, 40)]  # fmt: skip
+    whole = base.softmax_loss(*rows, 0.7)
+    grads = torch.autograd.grad(whole, rows)
+    monkeypatch.setattr(base, "SOFTMAX_SCORES", 41 * 7)  # blocks of 7 rows, the last one short
+    blocked = base.softmax_loss(*rows, 0.7)
+    assert blocked.item() == pytest.approx(whole.item(), rel=1e-6)
+    for a, b in zip(grads, torch.autograd.grad(blocked, rows)):
+        torch.testing.assert_close(a, b)
+
+
+@pytest.mark.parametrize("model", ["mf", "lightgcn", "lightgcl", "dccf"])
+def test_the_loss_option_reaches_every_trained_model(synth_dataset, model):
+    from recsys.models.base import Batch
+
+    ds = Dataset.load(synth_dataset)
+    batch = Batch(torch.arange(8), torch.arange(8), torch.arange(8, 16))
+    for options, term in (({"loss": "softmax"}, "softmax"), ({}, "bpr")):
+        config = resolve_config(model, ("test", {"dim": 8, "loss_negatives": 3, **options}))
+        built, graph, _ = build_model(config, ds, torch.device("cpu"))
+        assert term in built.loss_terms(batch, graph)
+        assert {"softmax", "bpr"} - {term} & built.loss_terms(batch, graph).keys() == set()
+    assert built.ranking.negatives == 3
+
+
+def test_runs_written_before_the_loss_option_resume_with_bpr():
+    from recsys.train.config import RunConfig
+
+    config = resolve_config("lightgcn", ("test", {"dim": 8, "loss": "softmax"})).to_dict()
+    assert RunConfig.from_dict(config).train.loss == "softmax"
+    del config["train"]["loss"]
+    assert RunConfig.from_dict(config).train.loss == "bpr"
+
+
+@pytest.mark.parametrize("model", ["mf", "lightgcn", "lightgcl", "dccf"])
+def test_the_softmax_is_derived_on_dense_logs_only(synth_dataset, tmp_path, model):
+    import scipy.sparse as sp
+
+    from recsys.models import model_class
+    from recsys.models.base import SOFTMAX_FROM_DENSITY
+
+    def per_user(m: int) -> sp.csr_matrix:  # 10 users with m items each
+        return sp.csr_matrix(np.ones((10, m), dtype=np.float32))
+
+    derive = model_class(model).data_defaults
+    assert derive(per_user(int(SOFTMAX_FROM_DENSITY)))["loss"] == "softmax"
+    assert derive(per_user(int(SOFTMAX_FROM_DENSITY) - 1))["loss"] == "bpr"
+    # the sample-sized synthetic log is sparse: its run records BPR, and a given loss wins
+    api.train(synth_dataset, tmp_path / "derived", model, {**FAST, "epochs": 1}, progress=False)
+    assert json.loads((tmp_path / "derived" / "config.json").read_text())["train"]["loss"] == "bpr"
+    given = {**FAST, "epochs": 1, "loss": "softmax"}
+    api.train(synth_dataset, tmp_path / "given", model, given, progress=False)
+    assert (
+        json.loads((tmp_path / "given" / "config.json").read_text())["train"]["loss"] == "softmax"
+    )

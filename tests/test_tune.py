@@ -82,7 +82,13 @@ def test_tune_writes_study_trials_and_a_best_setting(tuned):
     assert sum(summary["trials"].values()) == 3 and (out / "study.db").is_file()
     assert json.loads((out / "tune.json").read_text())["best"] == summary["best"]
     # the first trial is the model's defaults
-    assert rows[0]["options"] == default_point("mf", FAST) == {"lr": 5e-3, "reg": 1e-2}
+    assert rows[0]["options"] == default_point("mf", FAST)
+    assert default_point("mf", FAST) == {
+        "lr": 5e-3,
+        "reg": 1e-2,
+        "loss": "bpr",
+        "loss_temperature": 1.0,
+    }
     assert rows[0]["reason"] is None  # its half of the budget was enough: not continued
     best = summary["best"]
     completed = [r for r in rows if r["state"] == "complete"]

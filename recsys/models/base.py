@@ -18,6 +18,7 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 import torch.nn.functional as F
+import torch.utils.checkpoint
 from torch import nn
 
 from recsys.graph import Graph
@@ -105,6 +106,13 @@ class Recommender(nn.Module):
         return f"n_users={self.n_users}, n_items={self.n_items}, {self.params}"
 
 
+# The ranking loss's options, searched by `recsys tune` for every embedding model.
+RANKING_SEARCH = {
+    "loss": Search(choices=("softmax", "bpr")),
+    "loss_temperature": Search(0.5, 4.0, log=True),
+}
+
+
 class EmbeddingRecommender(Recommender):
     """A model whose parameters start from ego embeddings E⁽⁰⁾ of users and items."""
 
@@ -113,6 +121,7 @@ class EmbeddingRecommender(Recommender):
         self.user_emb = nn.Parameter(torch.empty(n_users, params.dim))
         self.item_emb = nn.Parameter(torch.empty(n_items, params.dim))
         self.reset_parameters(generator)
+        self.ranking = RankingLoss()  # recsys.train.loop.build_model sets the run's choice
 
     def reset_parameters(self, generator: torch.Generator) -> None:
         # N(0, 0.1²) as in LightGCN's reference code; Xavier gives the same ranking quality here.
@@ -122,6 +131,19 @@ class EmbeddingRecommender(Recommender):
 
     def ego_embeddings(self) -> tuple[torch.Tensor, torch.Tensor]:
         return self.user_emb, self.item_emb
+
+    @classmethod
+    def data_defaults(cls, train: sp.csr_matrix) -> dict[str, Any]:
+        """The ranking loss: sampled softmax from SOFTMAX_FROM_DENSITY interactions per user."""
+        dense = interactions_per_user(train) >= SOFTMAX_FROM_DENSITY
+        return {"loss": "softmax" if dense else "bpr"}
+
+
+# The sampled softmax is the default ranking loss from this many training interactions per user
+# (models.base.interactions_per_user), BPR below it. Validation Recall@20, softmax (τ 2) against
+# BPR, each model's defaults otherwise (`recsys train DATA --model M --loss L`, one thread):
+# see the README's "Defaults that hold on your data" for the table of runs that chose it.
+SOFTMAX_FROM_DENSITY = 16.0
 
 
 def interactions_per_user(train: sp.csr_matrix) -> float:
@@ -137,6 +159,67 @@ def interactions_per_user(train: sp.csr_matrix) -> float:
 def bpr_loss(users: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor) -> torch.Tensor:
     """Mean of -log σ(u·p - u·n) over the batch, as softplus for numerical stability."""
     return F.softplus((users * neg).sum(-1) - (users * pos).sum(-1)).mean()
+
+
+# Scores held at once by the sampled softmax (64 MiB of float32, each kept for backward): a
+# larger batch is scored in row blocks that recompute their scores in backward
+# (torch.utils.checkpoint), so the 16M log's batch of 115k rows × 1024 negatives (0.5 GiB of
+# scores, about 2 GiB with the softmax and the gradients) never exists at once.
+SOFTMAX_SCORES = 1 << 24
+
+
+def _softmax_rows(users, pos, shared_neg, temperature):
+    positive = (users * pos).sum(-1, keepdim=True)
+    logits = torch.cat([positive, users @ shared_neg.T], 1) / temperature
+    return (torch.logsumexp(logits, 1) - logits[:, 0]).sum()
+
+
+def softmax_loss(
+    users: torch.Tensor, pos: torch.Tensor, shared_neg: torch.Tensor, temperature: float
+) -> torch.Tensor:
+    """Sampled softmax: mean over rows of -log of the positive's share of exp(score / τ) among
+    the positive and the M negatives every row shares.
+
+    Args:
+        users, pos: (B, d) each row's user and positive item.
+        shared_neg: (M, d) negatives scored against every row (uniform draws: no logQ term).
+        temperature: τ > 0, dividing the raw inner products.
+    """
+    rows = max(1, SOFTMAX_SCORES // (shared_neg.shape[0] + 1))
+    if users.shape[0] <= rows:
+        return _softmax_rows(users, pos, shared_neg, temperature) / users.shape[0]
+    total = sum(
+        torch.utils.checkpoint.checkpoint(
+            _softmax_rows, users[i : i + rows], pos[i : i + rows], shared_neg, temperature,
+            use_reentrant=False,
+        )
+        for i in range(0, users.shape[0], rows)
+    )  # fmt: skip
+    return total / users.shape[0]
+
+
+@dataclass(frozen=True)
+class RankingLoss:
+    """The recommendation term every trained embedding model adds to its own terms.
+
+        bpr      mean_b softplus(u_b·n_b - u_b·p_b)                    (one negative a row)
+        softmax  mean_b -log [exp(u_b·p_b/τ) / (exp(u_b·p_b/τ) + Σ_m exp(u_b·n_m/τ))]
+
+    softmax shares the batch's first M uniform negatives among all rows (Wu et al., "On the
+    Effectiveness of Sampled Softmax Loss for Item Recommendation", TOIS 2024): M negatives per
+    positive where BPR has one, for M (B × d) GEMM columns, little next to a graph propagation.
+    Where it is the default, and why M and τ: SOFTMAX_FROM_DENSITY below.
+    """
+
+    kind: str = "bpr"  # a model built by hand trains the papers' loss; runs choose TrainParams.loss
+    negatives: int = 1024
+    temperature: float = 1.0
+
+    def __call__(self, users, pos, neg) -> dict[str, torch.Tensor]:
+        if self.kind == "bpr":
+            return {"bpr": bpr_loss(users, pos, neg)}
+        shared = neg[: self.negatives]
+        return {"softmax": softmax_loss(users, pos, shared, self.temperature)}
 
 
 def l2_penalty(*ego: torch.Tensor) -> torch.Tensor:

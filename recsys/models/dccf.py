@@ -45,10 +45,10 @@ from torch import nn
 
 from recsys.graph import Graph, propagate
 from recsys.models.base import (
+    RANKING_SEARCH,
     Batch,
     EmbeddingRecommender,
     Search,
-    bpr_loss,
     interactions_per_user,
     l2_penalty,
 )
@@ -120,6 +120,7 @@ class DCCF(EmbeddingRecommender):
     Params = DCCFParams
     train_defaults = {"batch_size": 4096, "lr": 1e-3}
     search_space = {
+        **RANKING_SEARCH,
         "lr": Search(1e-3, 1e-2, log=True),
         "reg": Search(0.3, 300.0, log=True),
         "ssl_weight": Search(1e-3, 0.3, log=True),
@@ -128,7 +129,10 @@ class DCCF(EmbeddingRecommender):
 
     @classmethod
     def data_defaults(cls, train) -> dict:
-        return {"reg": REG_TIMES_DENSITY / interactions_per_user(train)}
+        return {
+            **super().data_defaults(train),
+            "reg": REG_TIMES_DENSITY / interactions_per_user(train),
+        }
 
     def reset_parameters(self, generator: torch.Generator) -> None:
         """Xavier-normal for E⁽⁰⁾ and C, as the reference code. Each layer adds four views to
@@ -176,7 +180,7 @@ class DCCF(EmbeddingRecommender):
                 views = F.normalize(torch.stack(rows[1:]), dim=2)
                 ssl = ssl + info_nce(anchor, views, views, self.params.temperature)
         return {
-            "bpr": bpr_loss(u, p, n),
+            **self.ranking(u, p, n),
             "ssl": self.params.ssl_weight * ssl,
             "reg": self.params.reg * l2_penalty(*ego),
             "prototype_reg": self.params.prototype_reg

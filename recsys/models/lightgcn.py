@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 import torch
 
 from recsys.graph import drop_edges, propagate
-from recsys.models.base import Batch, EmbeddingRecommender, Search, bpr_loss, l2_penalty
+from recsys.models.base import RANKING_SEARCH, Batch, EmbeddingRecommender, Search, l2_penalty
 
 
 @dataclass
@@ -44,6 +44,7 @@ class LightGCN(EmbeddingRecommender):
     propagates = True
     Params = LightGCNParams
     search_space = {
+        **RANKING_SEARCH,
         "lr": Search(1e-3, 3e-2, log=True),
         "reg": Search(1e-6, 1e-1, log=True),
         "layers": Search(1, 4),
@@ -68,4 +69,4 @@ class LightGCN(EmbeddingRecommender):
         users, items = self.propagate(graph)
         u, p, n = batch.rows(users, items)
         ego = batch.rows(self.user_emb, self.item_emb)
-        return {"bpr": bpr_loss(u, p, n), "reg": self.params.reg * l2_penalty(*ego)}
+        return {**self.ranking(u, p, n), "reg": self.params.reg * l2_penalty(*ego)}

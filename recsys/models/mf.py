@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from recsys.models.base import Batch, EmbeddingRecommender, Search, bpr_loss, l2_penalty
+from recsys.models.base import RANKING_SEARCH, Batch, EmbeddingRecommender, Search, l2_penalty
 
 
 @dataclass
@@ -33,6 +33,7 @@ class MF(EmbeddingRecommender):
     name = "mf"
     Params = MFParams
     search_space = {
+        **RANKING_SEARCH,
         "lr": Search(1e-3, 3e-2, log=True),
         "reg": Search(1e-6, 1e-1, log=True),
         "dim": Search(choices=(32, 64, 128)),
@@ -43,4 +44,4 @@ class MF(EmbeddingRecommender):
 
     def loss_terms(self, batch: Batch, graph):
         u, p, n = batch.rows(self.user_emb, self.item_emb)
-        return {"bpr": bpr_loss(u, p, n), "reg": self.params.reg * l2_penalty(u, p, n)}
+        return {**self.ranking(u, p, n), "reg": self.params.reg * l2_penalty(u, p, n)}

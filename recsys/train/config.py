@@ -19,6 +19,7 @@ import tomllib
 
 from recsys.errors import ConfigError
 from recsys.models import model_class
+from recsys.models.base import RankingLoss
 from recsys.train.sampler import BPRSampler
 
 
@@ -41,6 +42,25 @@ class TrainParams:
         },
     )
     lr: float = field(default=5e-3, metadata={"help": "Adam learning rate", "above": 0})
+    # BPR unless the model's data_defaults say otherwise: the embedding models derive the sampled
+    # softmax on dense logs (recsys.models.base.SOFTMAX_FROM_DENSITY).
+    loss: str = field(
+        default=RankingLoss.kind,
+        metadata={
+            "help": "ranking loss of the embedding models: softmax (sampled softmax over "
+            "loss_negatives shared uniform negatives) | bpr (the papers' one negative a row) "
+            "[softmax from 16 training interactions per user, bpr below]",
+            "choices": ("softmax", "bpr"),
+        },
+    )
+    loss_negatives: int = field(
+        default=RankingLoss.negatives,
+        metadata={"help": "softmax: negatives M shared by the batch's rows", "min": 1},
+    )
+    loss_temperature: float = field(
+        default=RankingLoss.temperature,
+        metadata={"help": "softmax: temperature τ on the raw inner products", "above": 0},
+    )
     max_steps: int = field(
         default=100,
         metadata={

@@ -12,13 +12,16 @@ L = layers, b = batch_size:
          + 4·N·d·4                                embeddings, their gradients, Adam's m and v
          + max(4·N·d·A·L + 4·b·d·6,               activations kept for backward (A tensors of
                                                   N·d per layer, per model), the batch's rows
+                 + 16·min(b·(M+1), 2²⁴),          the sampled softmax's scores (M negatives,
+                                                  blocks of 2²⁴; four copies: scores, scaled,
+                                                  softmax, gradient)
                3·min(256 MiB, 4·n_users·n_items)) or validation's score block and its top-k
                                                   and mask workspaces, whichever is larger
                                                   (they are not alive together)
 
 Time (seconds), S = steps per epoch:
 
-    epoch = S · (C_EDGE·P_E·E·d·L + C_NODE·P_N·N·d·(L+1))
+    epoch = S · (C_EDGE·P_E·E·d·L + C_NODE·P_N·N·d·(L+1) + C_SCORE·b·M·d)
 
 C_EDGE is the cost of one sparse product R̃ @ X per edge and column, forward and backward;
 C_NODE that of the dense work per node and column and layer: layer sums, their gradients and
@@ -27,7 +30,8 @@ both to a model's extra views (LightGCL's SVD view and contrast, DCCF's intent v
 learned edge masks). C_EDGE and C_NODE keep the ratio fitted by least squares to one
 LightGCN-style step (`calibrated_constants`), scaled to LightGCN's measured epoch at 16M
 interactions (so smaller logs are over-estimated: 1.5x at 1M); P_E and P_N are the measured
-epochs of LightGCL and DCCF over LightGCN's at 1M. All on this project's 2-core CPU at 2
+epochs of LightGCL and DCCF over LightGCN's at 1M. C_SCORE is the sampled softmax's cost per
+score and column (M = 0 under BPR). All on this project's 2-core CPU at 2
 threads, quiet, freed memory kept (recsys.malloc); re-fit with `calibrated_constants()` elsewhere.
 The peak is the one with freed memory returned to the system; training multiplies it by
 recsys.malloc.KEEP_FREED_PEAK_FACTOR where it keeps freed memory for speed.
@@ -39,6 +43,8 @@ import time
 from pathlib import Path
 
 import numpy as np
+
+from recsys.models.base import SOFTMAX_SCORES
 
 BASE_BYTES = 300 * 2**20  # `import recsys.api, torch, polars, scipy, faiss`: 276 MB max RSS
 DATASET_BYTES_PER_EDGE = 12
@@ -64,6 +70,11 @@ NODE_PASSES = {"lightgcn": 1.0, "lightgcl": 1.6, "dccf": 9.0}
 # LightGCN's quiet 16M epoch, 299 s: 100·(C_E·11.49M·64·3 + C_N·960k·64·4) = 299 s.
 SECONDS_PER_EDGE_DIM = 6.8e-10
 SECONDS_PER_NODE_DIM = 6.1e-9
+# The sampled softmax: gowalla's LightGCN epoch (100 steps of 7,297 rows × 1,024 negatives,
+# d = 64) took 23 s against BPR's 13 s at one thread, 2.1e-10 s per score and column; halved
+# for the two threads the constants above assume.
+SECONDS_PER_SCORE_DIM = 1.1e-10
+SOFTMAX_SCORE_COPIES = 4
 
 
 def estimate(
@@ -75,6 +86,7 @@ def estimate(
     batch_size: int,
     model_name: str,
     steps_per_epoch: int,
+    softmax_negatives: int = 0,
 ) -> dict[str, float]:
     """Estimated peak resident memory and seconds per epoch of training `model_name`.
 
@@ -87,6 +99,7 @@ def estimate(
         model_name: "lightgcn", "lightgcl", "dccf"; any other name is costed as a
             propagation-free embedding model (its layers are taken as 0).
         steps_per_epoch: optimizer steps in one epoch.
+        softmax_negatives: M under the sampled softmax loss, 0 under BPR.
 
     Returns:
         {"peak_bytes": int, "epoch_seconds": float}, by the formulas in the module docstring.
@@ -95,7 +108,12 @@ def estimate(
         layers = 0
     nodes = n_users + n_items
     activations = ACTIVATIONS_PER_LAYER.get(model_name, 0)
-    step_memory = 4 * nodes * dim * activations * layers + 4 * batch_size * dim * BATCH_COPIES
+    scores = min(batch_size * (softmax_negatives + 1), SOFTMAX_SCORES) if softmax_negatives else 0
+    step_memory = (
+        4 * nodes * dim * activations * layers
+        + 4 * batch_size * dim * BATCH_COPIES
+        + 4 * scores * SOFTMAX_SCORE_COPIES
+    )
     peak = (
         BASE_BYTES
         + DATASET_BYTES_PER_EDGE * nnz
@@ -106,6 +124,7 @@ def estimate(
     )
     per_step = SECONDS_PER_EDGE_DIM * EDGE_PASSES.get(model_name, 0.0) * nnz * dim * layers
     per_step += SECONDS_PER_NODE_DIM * NODE_PASSES.get(model_name, 1.0) * nodes * dim * (layers + 1)
+    per_step += SECONDS_PER_SCORE_DIM * batch_size * softmax_negatives * dim
     return {"peak_bytes": int(peak), "epoch_seconds": float(steps_per_epoch * per_step)}
 
 

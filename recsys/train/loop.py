@@ -24,6 +24,7 @@ from recsys.graph import normalized_adjacency
 from recsys.index import build_index, save_index
 from recsys.malloc import KEEP_FREED_PEAK_FACTOR, keep_freed_memory
 from recsys.models import Batch, Recommender, model_class
+from recsys.models.base import RankingLoss
 from recsys.threads import rebalance
 from recsys.train import distributed
 from recsys.train.config import RunConfig, steps_for_log
@@ -54,6 +55,9 @@ def build_model(
     model = model_class(config.model)(ds.n_users, ds.n_items, config.params, graph, generator).to(
         device
     )
+    if model.trainable:
+        train = config.train
+        model.ranking = RankingLoss(train.loss, train.loss_negatives, train.loss_temperature)
     return model, graph, generator
 
 
@@ -286,6 +290,7 @@ def check_memory(config: RunConfig, ds: Dataset) -> None:
     need = estimate(
         ds.n_users, ds.n_items, ds.train.nnz, getattr(config.params, "dim", 64),
         getattr(config.params, "layers", 0), batch, config.model, -(-ds.train.nnz // batch),
+        softmax_negatives=config.train.loss_negatives if config.train.loss == "softmax" else 0,
     )  # fmt: skip
     have = available_bytes()
     if need["peak_bytes"] > have:
