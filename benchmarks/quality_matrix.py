@@ -6,7 +6,7 @@
         [--tune-minutes 15] [--max-minutes 0] [--threads N] [--jobs 1]
 
 Datasets come from ../shared/data (ml-100k: ratings ≥ 4, per-user random 80/20, 10 % of train
-for validation, seed 0; yelp-sslrec: its given train/valid/test; gowalla-lightgcn: its given
+for validation, seed 0; ml-100k-all: the same with every rating; yelp-sslrec: its given train/valid/test; gowalla-lightgcn: its given
 train/test with 10 % of each user's training interactions carved out for validation) and from
 the bundled data/sample.csv (as `recsys demo` prepares it); a dataset that is absent is
 skipped. Each cell runs the CLI in a subprocess and the table shows its command:
@@ -37,6 +37,9 @@ SHARED = ROOT.parent / "shared" / "data"
 PREPARE = {
     "ml-100k": [str(SHARED / "ml-100k" / "ml-100k.inter"), "--rating-col", "rating",
                 "--time-col", "timestamp", "--min-rating", "4", "--split", "random:0.8"],
+    # every rating: a denser log (76 training interactions per user) that chose no default
+    "ml-100k-all": [str(SHARED / "ml-100k" / "ml-100k.inter"), "--rating-col", "rating",
+                    "--time-col", "timestamp", "--split", "random:0.8"],
     "yelp-sslrec": [str(SHARED / "yelp-sslrec")],
     "gowalla-lightgcn": [str(SHARED / "gowalla-lightgcn")],
     "sample": [str(ROOT / "data" / "sample.csv"), "--rating-col", "rating", "--time-col",
