@@ -18,7 +18,8 @@ the ego embeddings E⁽⁰⁾:
 Symbols: Â → `graph.adj` (R̃, built once by recsys.graph); E⁽⁰⁾ → `user_emb`, `item_emb`;
 C_u, C_i (d × K) → `user_intents`, `item_intents`; K → `intents`; L → `layers`;
 α → `edge_mask`; Ĝ → `learned_hop`; τ → `temperature`; λ₁ → `ssl_weight`; λ₂ → `reg`;
-λ₃ → `prototype_reg`.
+λ₃ → `prototype_reg`. L_bpr is the run's ranking loss (models.base.RankingLoss): BPR, or the
+sampled softmax on dense logs.
 
 Row normalisation of the bipartite learned graph: M_α is (n_users × n_items) with the mask on
 every training edge, and the (U+I)² adjacency [[0, M_α], [M_αᵀ, 0]] is normalised by its rows,

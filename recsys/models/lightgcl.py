@@ -16,7 +16,8 @@ Objective:  L = L_bpr(E) + λ1 L_s + λ2 ‖Θ‖²,  Θ = {E⁽⁰⁾}
 
 Symbols: Â → `graph.adj`; e⁽⁰⁾ → `user_emb`, `item_emb`; L → `layers`; q → `svd_rank`;
 U S, V S → `svd_us`, `svd_vs`; τ → `temperature`; λ1 → `cl_weight`; λ2 → `weight_decay`;
-p(·) rate → `dropout`; d → `dim`.
+p(·) rate → `dropout`; d → `dim`. L_bpr is the run's ranking loss (models.base.RankingLoss):
+BPR, or the sampled softmax on dense logs.
 
 The two InfoNCE modes (`negatives`):
 - "all" (the paper's loss, exact): each distinct anchor is scored once with weight

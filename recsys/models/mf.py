@@ -5,7 +5,8 @@ Rendle et al., "BPR: Bayesian Personalized Ranking from Implicit Feedback", UAI 
     ŷ_ui = e_uᵀ e_i
     L = Σ_(u,i,j) -ln σ(ŷ_ui - ŷ_uj) + λ ‖Θ_batch‖²
 
-Symbols: e_u, e_i → `user_emb`, `item_emb`; λ → `reg`.
+Symbols: e_u, e_i → `user_emb`, `item_emb`; λ → `reg`. The -ln σ term is the run's ranking
+loss (models.base.RankingLoss): BPR as here, or the sampled softmax on dense logs.
 
 λ = 1e-2 (a mean over the batch's rows, so independent of the batch size), chosen on validation
 Recall@20 with every other setting at its default: ml-100k 0.3075 (λ = 1e-4), 0.3083 (1e-3),
