@@ -77,11 +77,12 @@ CL_TIMES_DENSITY_SQUARED = 3.7
 # rule, gowalla levels off too, only later: 1e-7 and 0 trace one curve, 0.1566 at epoch 14 and
 # flat to 16, while LightGCN climbs to 0.1711 by epoch 45 (one thread each, the matrix's split).
 DECAY_TIMES_DENSITY_SQUARED = 30.0
-# Under the sampled softmax (the default on dense logs, models.base.SOFTMAX_FROM_DENSITY) the
+# Where the sampled softmax is derived (dense logs, models.base.SOFTMAX_FROM_DENSITY) the
 # ranking term keeps pushing scores apart where BPR's saturates, and λ2 is 10× the rule:
 # ml-100k 0.3579 at 1.1e-4 against 0.3441 at the rule's 1.1e-5 (BPR 0.3530); gowalla, which
 # stalls under BPR at 1e-5, learns under the softmax at 1e-5 (validation 0.1848 at epoch 8,
-# against BPR's plateau of 0.1566).
+# against BPR's plateau of 0.1566). A softmax asked for on a sparse log keeps the rule's λ2:
+# yelp-sslrec collapsed at 10× (validation 0.0009).
 SOFTMAX_DECAY_FACTOR = 10.0
 
 
@@ -116,7 +117,7 @@ class LightGCLParams:
         default=1e-5,
         metadata={
             "help": f"λ2 on ‖Θ‖², all parameters [{DECAY_TIMES_DENSITY_SQUARED:g} / (ρ² n): n "
-            "users + items, ρ interactions per node; 10× under the softmax loss]",
+            "users + items, ρ interactions per node; 10× where the softmax loss is derived]",
             "aliases": ("lambda2",),
             "min": 0,
         },
