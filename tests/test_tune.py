@@ -87,7 +87,7 @@ def test_tune_writes_study_trials_and_a_best_setting(tuned):
         "lr": 5e-3,
         "reg": 1e-2,
         "loss": "bpr",
-        "loss_temperature": 1.0,
+        "loss_temperature": 2.0,
     }
     assert rows[0]["reason"] is None  # its half of the budget was enough: not continued
     best = summary["best"]
