@@ -174,3 +174,12 @@ def test_the_sampled_softmax_adds_its_scores_and_bounds_their_memory():
     args = (800_000, 160_000, 11_500_000, 64, 3, 7297, "lightgcn", 100)
     gap = estimate(*args, softmax_negatives=1024)["peak_bytes"] - estimate(*args)["peak_bytes"]
     assert gap == 4 * 4 * 7297 * 1025
+
+
+def test_a_batch_smaller_than_m_scores_only_its_own_negatives():
+    # a batch of 100 rows shares its 100 negatives, not M = 1,024
+    args = (800_000, 160_000, 11_500_000, 64, 3, 100, "lightgcn", 100)
+    gap = (
+        estimate(*args, softmax_negatives=1024)["epoch_seconds"] - estimate(*args)["epoch_seconds"]
+    )
+    assert gap == pytest.approx(100 * est.SECONDS_PER_SCORE_DIM * 100 * 100 * 64)

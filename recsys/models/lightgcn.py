@@ -8,9 +8,9 @@ Recommendation", SIGIR 2020 (arXiv 2002.02126).
     (Eq. 15) L = Σ -ln σ(ŷ_ui - ŷ_uj) + λ ‖E⁽⁰⁾_batch‖²
 
 Symbols: 1/√(|N_u||N_i|) → `graph.adj` (R̃, built once by recsys.graph); K → `layers`;
-E⁽⁰⁾ → `user_emb`, `item_emb`; λ → `reg`. The -ln σ term is the run's ranking
-loss (models.base.RankingLoss): BPR as here, or the sampled softmax on dense logs. Edge dropout (`dropout`, 0 in the paper) is
-SGL-style structure dropout on R̃, off at evaluation.
+E⁽⁰⁾ → `user_emb`, `item_emb`; λ → `reg`. The -ln σ term is the run's ranking loss
+(models.base.RankingLoss): BPR as here, or the sampled softmax on dense logs. Edge dropout
+(`dropout`, 0 in the paper) is SGL-style structure dropout on R̃, off at evaluation.
 """
 
 from __future__ import annotations

@@ -19,7 +19,7 @@ import tomllib
 
 from recsys.errors import ConfigError
 from recsys.models import model_class
-from recsys.models.base import RankingLoss
+from recsys.models.base import SOFTMAX_FROM_DENSITY, RankingLoss
 from recsys.train.sampler import BPRSampler
 
 
@@ -49,7 +49,7 @@ class TrainParams:
         metadata={
             "help": "ranking loss of the embedding models: softmax (sampled softmax over "
             "loss_negatives shared uniform negatives) | bpr (the papers' one negative a row) "
-            "[softmax from 16 training interactions per user, bpr below]",
+            f"[softmax from {SOFTMAX_FROM_DENSITY:g} training interactions per user, bpr below]",
             "choices": ("softmax", "bpr"),
         },
     )

@@ -99,7 +99,8 @@ def estimate(
         model_name: "lightgcn", "lightgcl", "dccf"; any other name is costed as a
             propagation-free embedding model (its layers are taken as 0).
         steps_per_epoch: optimizer steps in one epoch.
-        softmax_negatives: M under the sampled softmax loss, 0 under BPR.
+        softmax_negatives: M under the sampled softmax loss (at most the batch size are
+            scored), 0 under BPR.
 
     Returns:
         {"peak_bytes": int, "epoch_seconds": float}, by the formulas in the module docstring.
@@ -108,7 +109,8 @@ def estimate(
         layers = 0
     nodes = n_users + n_items
     activations = ACTIVATIONS_PER_LAYER.get(model_name, 0)
-    scores = min(batch_size * (softmax_negatives + 1), SOFTMAX_SCORES) if softmax_negatives else 0
+    negatives = min(softmax_negatives, batch_size)  # the batch's own negatives are the shared ones
+    scores = min(batch_size * (negatives + 1), SOFTMAX_SCORES) if negatives else 0
     step_memory = (
         4 * nodes * dim * activations * layers
         + 4 * batch_size * dim * BATCH_COPIES
@@ -124,7 +126,7 @@ def estimate(
     )
     per_step = SECONDS_PER_EDGE_DIM * EDGE_PASSES.get(model_name, 0.0) * nnz * dim * layers
     per_step += SECONDS_PER_NODE_DIM * NODE_PASSES.get(model_name, 1.0) * nodes * dim * (layers + 1)
-    per_step += SECONDS_PER_SCORE_DIM * batch_size * softmax_negatives * dim
+    per_step += SECONDS_PER_SCORE_DIM * batch_size * negatives * dim
     return {"peak_bytes": int(peak), "epoch_seconds": float(steps_per_epoch * per_step)}
 
 
