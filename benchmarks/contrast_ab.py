@@ -2,6 +2,7 @@
 
     OMP_NUM_THREADS=1 python benchmarks/contrast_ab.py --threads 1
     python benchmarks/contrast_ab.py --threads 2 --repeats 15
+    python benchmarks/contrast_ab.py --threads 1 --against 476505e --score-dtype bfloat16
 
 The old implementations are DCCF's and LightGCL's own InfoNCE as of --ref (a commit that
 still has them), read with `git show` into temporary modules. Both sides run forward and
@@ -12,6 +13,9 @@ per-repeat ratios new/old (robust to load that drifts during the run). Cases, ye
   exact:     LightGCL negatives=all: 4096 user anchors × 42,712 users and 7,000 item anchors
              × 26,822 items, d = 64, τ = 0.2 (one call each side, both summed)
   sampled:   LightGCL negatives=sampled: 4096 anchors × 1024 candidates
+With --against REF the old side is instead the shared module as of REF, called the same way,
+and --score-dtype sets the new side's scores (default: what the models use on this machine,
+recsys.models.contrast.fast_score_dtype).
 With --sweep 21,22,23,24 it instead times the new one alone with SCORE_BLOCK = 2^e for each e,
 interleaved the same way (how the CPU block size was chosen).
 recsys is imported before torch, so OpenMP waits passively as in training (recsys/threads.py);
@@ -61,16 +65,17 @@ def unit(*shape: int, gen: torch.Generator) -> torch.Tensor:
     return F.normalize(torch.randn(*shape, generator=gen), dim=-1).requires_grad_()
 
 
-def dccf_case(old, gen):
+def dccf_case(old, gen, shared_old, score_dtype):
     anchor, views = unit(8000, 32, gen=gen), unit(3, 8000, 32, gen=gen)
+    old_call = (lambda: old.info_nce(anchor, views, 0.2)) if shared_old is None else None
     return (
-        (lambda: old.info_nce(anchor, views, 0.2)),
-        (lambda: contrast.info_nce(anchor, views, views, 0.2)),
+        old_call or (lambda: shared_old.info_nce(anchor, views, views, 0.2)),
+        (lambda: contrast.info_nce(anchor, views, views, 0.2, score_dtype=score_dtype)),
         (anchor, views),
     )
 
 
-def lightgcl_case(old, gen, sides):
+def lightgcl_case(old, gen, sides, shared_old, score_dtype):
     """sides: [(anchors A, candidates N, negatives M or None for all N)]."""
     data = []
     for n_anchors, n_cands, sampled in sides:
@@ -82,20 +87,25 @@ def lightgcl_case(old, gen, sides):
         data.append((svd, main, idx, drawn, weights / weights.sum()))
 
     def old_call():
+        if shared_old is not None:
+            return shared_call(shared_old)
         total = 0
         for svd, main, idx, drawn, w in data:
             negatives = main if drawn is None else main[drawn]
             total = total + old.info_nce(svd, main[idx], w, negatives, 0.2)
         return total
 
-    def new_call():
+    def shared_call(module, **score_dtype):
         total = 0
         for svd, main, idx, drawn, w in data:
             negatives = main if drawn is None else main[drawn]
             g, e = F.normalize(svd, dim=1), F.normalize(main[idx], dim=1)
             cands = F.normalize(negatives, dim=1)[None]
-            total = total + contrast.info_nce(g, e, cands, 0.2, w)
+            total = total + module.info_nce(g, e, cands, 0.2, w, **score_dtype)
         return total
+
+    def new_call():
+        return shared_call(contrast, score_dtype=score_dtype)
 
     leaves = [t for svd, main, *_ in data for t in (svd, main)]
     return old_call, new_call, leaves
@@ -142,17 +152,26 @@ def main() -> None:
     parser.add_argument("--ref", default=OLD_REF, help="commit with the old implementations")
     parser.add_argument("--cases", default="dccf,exact,sampled")
     parser.add_argument("--sweep", help="comma-separated exponents e of SCORE_BLOCK = 2^e")
+    parser.add_argument("--against", help="commit whose shared contrast module is the old side")
+    parser.add_argument("--score-dtype", choices=["float32", "bfloat16"])
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     dccf = old_module(args.ref, "recsys/models/dccf.py", "_old_dccf")
     lightgcl = old_module(args.ref, "recsys/models/lightgcl.py", "_old_lightgcl")
+    shared = args.against and old_module(args.against, "recsys/models/contrast.py", "_old_shared")
+    dtype = getattr(torch, args.score_dtype or "") if args.score_dtype else None
+    dtype = dtype or contrast.fast_score_dtype(torch.zeros(1))
     gen = torch.Generator().manual_seed(0)
+    exact_sides = [(4096, 42712, None), (7000, 26822, None)]
     cases = {
-        "dccf": lambda: dccf_case(dccf, gen),
-        "exact": lambda: lightgcl_case(lightgcl, gen, [(4096, 42712, None), (7000, 26822, None)]),
-        "sampled": lambda: lightgcl_case(lightgcl, gen, [(4096, 42712, 1024)]),
+        "dccf": lambda: dccf_case(dccf, gen, shared, dtype),
+        "exact": lambda: lightgcl_case(lightgcl, gen, exact_sides, shared, dtype),
+        "sampled": lambda: lightgcl_case(lightgcl, gen, [(4096, 42712, 1024)], shared, dtype),
     }
-    print(f"threads {torch.get_num_threads()}, {args.repeats} repeats, old = {args.ref[:10]}")
+    old = args.against or args.ref
+    print(
+        f"threads {torch.get_num_threads()}, {args.repeats} repeats, old = {old[:10]}, new {dtype}"
+    )
     for name in args.cases.split(","):
         old_fn, new_fn, leaves = cases[name]()
         diff = check(old_fn, new_fn, leaves)  # also the warm-up

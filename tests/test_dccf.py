@@ -221,7 +221,9 @@ def test_contrast_runs_over_at_most_contrast_nodes_of_the_batch(monkeypatch):
 
     anchors = []
     real = dccf.info_nce
-    monkeypatch.setattr(dccf, "info_nce", lambda a, *rest: anchors.append(len(a)) or real(a, *rest))
+    monkeypatch.setattr(
+        dccf, "info_nce", lambda a, *rest, **kw: anchors.append(len(a)) or real(a, *rest, **kw)
+    )
     batch = Batch(  # distinct users 0, 1, 3, 4; distinct positive items 0, 2, 3
         torch.tensor([0, 1, 3, 3, 4]), torch.tensor([0, 2, 3, 0, 2]), torch.tensor([3, 0, 1, 1, 0])
     )

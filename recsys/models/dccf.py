@@ -53,7 +53,7 @@ from recsys.models.base import (
     interactions_per_user,
     l2_penalty,
 )
-from recsys.models.contrast import info_nce
+from recsys.models.contrast import fast_score_dtype, info_nce
 from recsys.models.learned_hop import learned_hop
 
 # λ₂ = 160 / (training interactions per user), see models.base.interactions_per_user. Chosen on
@@ -173,13 +173,16 @@ class DCCF(EmbeddingRecommender):
         u, p, n = batch.rows(users, items)
         ego = batch.rows(self.user_emb, self.item_emb)
         ssl = users.new_zeros(())
+        score_dtype = fast_score_dtype(users)
         for side, nodes in ((0, batch.users), (1, batch.pos_items)):
             idx = self.contrast_subset(torch.unique(nodes))
             for layer in layers:
                 rows = [layer[v][side].index_select(0, idx) for v in "zrhp"]  # see Batch.rows
                 anchor = F.normalize(rows[0], dim=1)
                 views = F.normalize(torch.stack(rows[1:]), dim=2)
-                ssl = ssl + info_nce(anchor, views, views, self.params.temperature)
+                ssl = ssl + info_nce(
+                    anchor, views, views, self.params.temperature, score_dtype=score_dtype
+                )
         return {
             **self.ranking(u, p, n),
             "ssl": self.params.ssl_weight * ssl,

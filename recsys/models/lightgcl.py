@@ -54,7 +54,7 @@ from recsys.models.base import (
     Search,
     interactions_per_user,
 )
-from recsys.models.contrast import anchor_weights, info_nce
+from recsys.models.contrast import anchor_weights, fast_score_dtype, info_nce
 
 # λ1 = 3.7 / m², m = training interactions per user (models.base.interactions_per_user),
 # within [1e-4, 0.5]: the contrast regularises, and dense data needs far less of it. A power
@@ -220,7 +220,8 @@ class LightGCL(EmbeddingRecommender):
             negatives = main[drawn.to(main.device)]
         g = F.normalize(self.svd_view(ego, factor, projection, anchors), dim=1)
         cands = F.normalize(negatives, dim=1)[None]
-        loss = info_nce(g, F.normalize(main_rows, dim=1), cands, self.params.temperature, weights)
+        positives = F.normalize(main_rows, dim=1)
+        loss = info_nce(g, positives, cands, self.params.temperature, weights, fast_score_dtype(g))
         return loss, main_rows[inverse]
 
     def loss_terms(self, batch: Batch, graph):
