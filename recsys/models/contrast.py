@@ -13,21 +13,22 @@ The log-sum-exp (`weighted_logsumexp`) runs over blocks of anchor rows, each aga
 candidate rows, and forms the block's gradient in the same pass: the scalar loss ends the
 graph, so with P_v = w ⊙ softmax_n, ∂/∂a = Σ_v P_v c_v / τ and ∂/∂c_v = P_vᵀ a / τ, and no
 score matrix outlives its block (nor is recomputed in backward). Per block: three GEMMs, one
-exp and one row sum over the scores. The layout, measured on a yelp DCCF block (b = 166
-anchors, V·N = 3 × 8400, d = 32, 2 threads, CPU):
+exp, one row sum and one scaling pass over the scores. The layout, measured on a yelp DCCF
+block (b = 166 anchors, V·N = 3 × 8400, d = 32, 2 threads, CPU) unless said:
 - unit rows put every logit at most 1/τ, so 1/τ is a safe shift (no row max pass); it rides
-  in an extra GEMM column, [a/τ, -1/τ]·[c, 1]. exp(-2/τ) stays a normal float32 for
-  τ ≥ 0.025, so no row sum can underflow to 0.
+  in an extra GEMM column, [a/τ, -1/τ]·[c, 1]. exp(-2/τ) stays a normal float32 (and
+  bfloat16, which has float32's exponent) for τ ≥ 0.025, so no row sum can underflow to 0.
 - the scores of a block are one GEMM against the V stacks side by side (b × VN): 1.0 ms,
   against 1.25 ms batched per view;
-- they are read back batched over views on a strided view of the block with d output columns
-  (1.14 ms), rather than d + 1 with a column of ones for the row sums (1.63 ms); the row sums
-  are a separate pass over the contiguous block (0.31 ms, strided 0.41 ms);
+- after the row sums, the block is scaled in place to P' = [P_1 … P_V] / τ, so each gradient
+  is one GEMM over all views: ∂/∂a = P'·[c_1; …; c_V] and ∂/∂[c_1; …; c_V] += P'ᵀ a. In float32 this is
+  as fast as the per-view read-back on a strided view of the block that it replaced
+  (benchmarks/contrast_ab.py --against 476505e, paired: 1.02, 1.02, 1.01); in bfloat16 that
+  strided read-back took a copying path (9.9 ms against 1.0 ms, 341 × 3 × 4096, 1 thread);
 - every block is written into one reused buffer (torch.mm(out=...)): a fresh 16 MiB block per
   iteration is fresh pages to fault in (the whole DCCF InfoNCE 1.36× faster);
-- with one stack (V = 1, LightGCL) the read-back is plain mm / addmm, 1-3% faster than bmm.
 - on a CPU with native bfloat16 (`fast_score_dtype`) the models score in bfloat16: the GEMMs,
-  the exp and the read-backs; row sums, log norms and gradients accumulate in float32.
+  the exp and the scaling; row sums, log norms and gradients accumulate in float32.
 Block sizes: see SCORE_BLOCK. The positive term is plain autograd (O(V·A·d), no scores).
 """
 
@@ -48,10 +49,13 @@ import torch
 # On CUDA, larger blocks keep the kernel launches few (32 MiB: the size measured on the H200).
 SCORE_BLOCK = 1 << 22
 CUDA_SCORE_BLOCK = 1 << 23
-# Scores in bfloat16 where the CPU multiplies it natively (fast_score_dtype). One DCCF block
-# (341 anchors × 3 × 4096 candidates, d = 32, 1 thread, AVX512-BF16): GEMM 3.30 → 0.84 ms,
-# exp 2.93 → 1.37, read-backs 3.75 → 0.74 and 5.08 → 1.02. A logit (a·c - 1)/τ ≤ 0 then
-# carries 8 significant bits, so the largest terms, near 0, stay exact to ~0.4 %.
+# Scores in bfloat16 where the CPU multiplies it natively (fast_score_dtype). Forward and
+# backward against float32 (contrast_ab.py --against 476505e --score-dtype bfloat16, paired
+# medians, 1 thread): DCCF 0.48×, LightGCL exact 0.39×, sampled 0.52×. Per DCCF block (341 ×
+# 3 × 4096, d = 32): score GEMM 3.30 → 0.84 ms, exp 2.93 → 1.37, the two gradient GEMMs 3.75
+# → 0.71 and 5.59 → 1.03; the float32 row sum costs 0.67 ms where a bfloat16 one would cost
+# 0.20 and round each norm to 0.4 %. A logit (a·c - 1)/τ ≤ 0 carries 8 significant bits: the
+# largest terms, near 0, are exact to 0.4 % and the loss to about 1e-4 (tests/test_contrast).
 BF16_SCORES = True
 
 
