@@ -15,7 +15,10 @@ per-repeat ratios new/old (robust to load that drifts during the run). Cases, ye
   sampled:   LightGCL negatives=sampled: 4096 anchors × 1024 candidates
 With --against REF the old side is instead the shared module as of REF, called the same way,
 and --score-dtype sets the new side's scores (default: what the models use on this machine,
-recsys.models.contrast.fast_score_dtype).
+recsys.models.contrast.fast_score_dtype). Two more cases need --against, and compare the
+sampled softmax ranking loss (recsys.models.base.softmax_loss) with REF's:
+  softmax:     gowalla's batch, 7,297 rows × 1,024 shared negatives, d = 64, τ = 1
+  softmax-16m: the 16M log's batch, 115,000 rows × 1,024 negatives
 With --sweep 21,22,23,24 it instead times the new one alone with SCORE_BLOCK = 2^e for each e,
 interleaved the same way (how the CPU block size was chosen).
 recsys is imported before torch, so OpenMP waits passively as in training (recsys/threads.py);
@@ -40,7 +43,7 @@ import recsys  # noqa: F401  first: it sets OMP_WAIT_POLICY before torch loads O
 import torch
 import torch.nn.functional as F
 
-from recsys.models import contrast
+from recsys.models import base, contrast
 
 REPO = Path(__file__).resolve().parents[1]
 # The last commit with DCCF's _InfoNCE and LightGCL's _WeightedLogSumExp side by side.
@@ -111,6 +114,17 @@ def lightgcl_case(old, gen, sides, shared_old, score_dtype):
     return old_call, new_call, leaves
 
 
+def softmax_case(old_base, gen, rows):
+    users, pos = (0.3 * unit(rows, 64, gen=gen)).detach(), (0.3 * unit(rows, 64, gen=gen)).detach()
+    neg = (0.3 * unit(1024, 64, gen=gen)).detach()
+    leaves = [x.requires_grad_() for x in (users, pos, neg)]
+    return (
+        lambda: old_base.softmax_loss(*leaves, 1.0),
+        lambda: base.softmax_loss(*leaves, 1.0),
+        leaves,
+    )
+
+
 def timed(fn, leaves) -> float:
     for t in leaves:
         t.grad = None
@@ -159,6 +173,7 @@ def main() -> None:
     dccf = old_module(args.ref, "recsys/models/dccf.py", "_old_dccf")
     lightgcl = old_module(args.ref, "recsys/models/lightgcl.py", "_old_lightgcl")
     shared = args.against and old_module(args.against, "recsys/models/contrast.py", "_old_shared")
+    old_base = args.against and old_module(args.against, "recsys/models/base.py", "_old_base")
     dtype = getattr(torch, args.score_dtype or "") if args.score_dtype else None
     dtype = dtype or contrast.fast_score_dtype(torch.zeros(1))
     gen = torch.Generator().manual_seed(0)
@@ -167,6 +182,8 @@ def main() -> None:
         "dccf": lambda: dccf_case(dccf, gen, shared, dtype),
         "exact": lambda: lightgcl_case(lightgcl, gen, exact_sides, shared, dtype),
         "sampled": lambda: lightgcl_case(lightgcl, gen, [(4096, 42712, 1024)], shared, dtype),
+        "softmax": lambda: softmax_case(old_base, gen, 7297),
+        "softmax-16m": lambda: softmax_case(old_base, gen, 115_000),
     }
     old = args.against or args.ref
     print(

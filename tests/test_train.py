@@ -291,6 +291,32 @@ def test_sampled_softmax_by_hand_and_in_row_blocks(monkeypatch):
         torch.testing.assert_close(a, b)
 
 
+@pytest.mark.parametrize("rows_per_block", [3, None])
+def test_sampled_softmax_gradients_match_autograd_through_a_dense_logsumexp(
+    monkeypatch, rows_per_block
+):
+    import recsys.models.base as base
+
+    if rows_per_block:
+        monkeypatch.setattr(base, "SOFTMAX_SCORES", 6 * rows_per_block)  # 5 negatives + 1
+    gen = torch.Generator().manual_seed(7)
+    raw = [torch.randn(n, 4, generator=gen, dtype=torch.float64) * 2 for n in (10, 10, 5)]
+    results = []
+    for fn in (
+        lambda u, p, n: base.softmax_loss(u, p, n, 0.3),
+        lambda u, p, n: (
+            torch.logsumexp(torch.cat([(u * p).sum(1, keepdim=True), u @ n.T], 1) / 0.3, 1)
+            - (u * p).sum(1) / 0.3
+        ).mean(),
+    ):
+        leaves = [x.clone().requires_grad_() for x in raw]
+        value = fn(*leaves)
+        (3.0 * value).backward()  # an upstream gradient other than 1
+        results.append((value.detach(), *(x.grad for x in leaves)))
+    for got, want in zip(*results):
+        torch.testing.assert_close(got, want)
+
+
 @pytest.mark.parametrize("model", ["mf", "lightgcn", "lightgcl", "dccf"])
 def test_the_loss_option_reaches_every_trained_model(synth_dataset, model):
     from recsys.models.base import Batch

@@ -165,17 +165,54 @@ def bpr_loss(users: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor) -> torch
     return F.softplus((users * neg).sum(-1) - (users * pos).sum(-1)).mean()
 
 
-# Scores held at once by the sampled softmax (64 MiB of float32, each kept for backward): a
-# larger batch is scored in row blocks that recompute their scores in backward
-# (torch.utils.checkpoint), so the 16M log's batch of 115k rows × 1024 negatives (0.5 GiB of
-# scores, about 2 GiB with the softmax and the gradients) never exists at once.
+# Scores held at once by the sampled softmax (64 MiB of float32): a larger batch is scored in
+# row blocks, so the 16M log's batch of 115k rows × 1024 negatives (0.5 GiB of scores) never
+# exists at once. Forming the gradient in the same pass (_SampledSoftmax) made forward and
+# backward 0.28× of autograd's on gowalla's batch and 0.18× on the 16M log's, where autograd
+# recomputed its blocks under torch.utils.checkpoint (`OMP_NUM_THREADS=1 python
+# benchmarks/contrast_ab.py --threads 1 --against ce023eb --cases softmax,softmax-16m`, paired
+# medians, 1 thread, another job running).
 SOFTMAX_SCORES = 1 << 24
 
 
-def _softmax_rows(users, pos, shared_neg, temperature):
-    positive = (users * pos).sum(-1, keepdim=True)
-    logits = torch.cat([positive, users @ shared_neg.T], 1) / temperature
-    return (torch.logsumexp(logits, 1) - logits[:, 0]).sum()
+class _SampledSoftmax(torch.autograd.Function):
+    """Σ_b [log(exp(q_b) + Σ_m exp(s_bm)) - q_b], q_b = u_b·p_b/τ, s_bm = u_b·n_m/τ, in row
+    blocks, with the gradient formed in the same pass (the scalar loss ends the graph, as in
+    recsys.models.contrast): with P the softmax over [q_b, s_b·], ∂/∂u_b = (P_b·n - (1 - P_bq)
+    p_b)/τ, ∂/∂p_b = -(1 - P_bq) u_b/τ and ∂/∂n = Pᵀu/τ. τ rides in the GEMM's left operand,
+    the row max is the shift, and exp, normalisation and both gradient GEMMs reuse one block
+    (benchmarks/contrast_ab.py --cases softmax,softmax-16m: see SOFTMAX_SCORES)."""
+
+    @staticmethod
+    def forward(ctx, users, pos, shared_neg, temperature: float):
+        scaled = users / temperature
+        positive = (scaled * pos).sum(1)  # q, (B,)
+        rows = min(users.shape[0], max(1, SOFTMAX_SCORES // (shared_neg.shape[0] + 1)))
+        buffer = users.new_empty(rows, shared_neg.shape[0])
+        grad_users, grad_neg = torch.empty_like(users), torch.zeros_like(shared_neg)
+        pos_weight = torch.empty_like(positive)  # 1 - P_bq, the positive's missing share
+        total = users.new_zeros(())
+        for start in range(0, users.shape[0], rows):
+            stop = min(start + rows, users.shape[0])
+            scores = torch.mm(scaled[start:stop], shared_neg.T, out=buffer[: stop - start])
+            shift = torch.maximum(scores.amax(1), positive[start:stop])
+            scores.sub_(shift[:, None]).exp_()
+            own = (positive[start:stop] - shift).exp()
+            norm = scores.sum(1) + own
+            total += (norm.log() + shift - positive[start:stop]).sum()
+            scores.div_(norm[:, None])  # P over the negatives
+            pos_weight[start:stop] = 1 - own / norm
+            torch.mm(scores, shared_neg, out=grad_users[start:stop])
+            grad_neg.addmm_(scores.T, users[start:stop])
+        grad_users.sub_(pos_weight[:, None] * pos).div_(temperature)
+        grad_pos = users * (-pos_weight / temperature)[:, None]
+        ctx.save_for_backward(grad_users, grad_pos, grad_neg.div_(temperature))
+        return total
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        grad_users, grad_pos, grad_neg = ctx.saved_tensors
+        return grad_out * grad_users, grad_out * grad_pos, grad_out * grad_neg, None
 
 
 def softmax_loss(
@@ -189,17 +226,7 @@ def softmax_loss(
         shared_neg: (M, d) negatives scored against every row (uniform draws: no logQ term).
         temperature: τ > 0, dividing the raw inner products.
     """
-    rows = max(1, SOFTMAX_SCORES // (shared_neg.shape[0] + 1))
-    if users.shape[0] <= rows:
-        return _softmax_rows(users, pos, shared_neg, temperature) / users.shape[0]
-    total = sum(
-        torch.utils.checkpoint.checkpoint(
-            _softmax_rows, users[i : i + rows], pos[i : i + rows], shared_neg, temperature,
-            use_reentrant=False,
-        )
-        for i in range(0, users.shape[0], rows)
-    )  # fmt: skip
-    return total / users.shape[0]
+    return _SampledSoftmax.apply(users, pos, shared_neg, temperature) / users.shape[0]
 
 
 @dataclass(frozen=True)

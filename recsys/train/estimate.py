@@ -12,9 +12,9 @@ L = layers, b = batch_size:
          + 4·N·d·4                                embeddings, their gradients, Adam's m and v
          + max(4·N·d·A·L + 4·b·d·6,               activations kept for backward (A tensors of
                                                   N·d per layer, per model), the batch's rows
-                 + 16·min(b·(M+1), 2²⁴),          the sampled softmax's scores (M negatives,
-                                                  blocks of 2²⁴; four copies: scores, scaled,
-                                                  softmax, gradient)
+                 + 4·min(b·(M+1), 2²⁴),           the sampled softmax's score block (M
+                                                  negatives, blocks of 2²⁴ scores, the
+                                                  gradient formed in the same pass)
                3·min(256 MiB, 4·n_users·n_items)) or validation's score block and its top-k
                                                   and mask workspaces, whichever is larger
                                                   (they are not alive together)
@@ -74,7 +74,6 @@ SECONDS_PER_NODE_DIM = 6.1e-9
 # d = 64) took 23 s against BPR's 13 s at one thread, 2.1e-10 s per score and column; halved
 # for the two threads the constants above assume.
 SECONDS_PER_SCORE_DIM = 1.1e-10
-SOFTMAX_SCORE_COPIES = 4
 
 
 def estimate(
@@ -114,7 +113,7 @@ def estimate(
     step_memory = (
         4 * nodes * dim * activations * layers
         + 4 * batch_size * dim * BATCH_COPIES
-        + 4 * scores * SOFTMAX_SCORE_COPIES
+        + 4 * scores  # one float32 block: the gradient is formed in the same pass
     )
     peak = (
         BASE_BYTES
