@@ -168,10 +168,10 @@ def bpr_loss(users: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor) -> torch
 # Scores held at once by the sampled softmax (64 MiB of float32): a larger batch is scored in
 # row blocks, so the 16M log's batch of 115k rows × 1024 negatives (0.5 GiB of scores) never
 # exists at once. Forming the gradient in the same pass (_SampledSoftmax) made forward and
-# backward 0.28× of autograd's on gowalla's batch and 0.18× on the 16M log's, where autograd
-# recomputed its blocks under torch.utils.checkpoint (`OMP_NUM_THREADS=1 python
-# benchmarks/contrast_ab.py --threads 1 --against ce023eb --cases softmax,softmax-16m`, paired
-# medians, 1 thread, another job running).
+# backward 0.46× of autograd's on gowalla's batch (51 against 100 ms) and 0.21× on the 16M
+# log's, where autograd recomputed its blocks under torch.utils.checkpoint (`OMP_NUM_THREADS=1
+# python benchmarks/contrast_ab.py --threads 1 --against ce023eb --cases softmax,softmax-16m`,
+# paired medians, 1 thread, quiet; 0.52× on gowalla's batch at 2 threads).
 SOFTMAX_SCORES = 1 << 24
 
 

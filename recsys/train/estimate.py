@@ -70,10 +70,11 @@ NODE_PASSES = {"lightgcn": 1.0, "lightgcl": 1.6, "dccf": 9.0}
 # LightGCN's quiet 16M epoch, 299 s: 100·(C_E·11.49M·64·3 + C_N·960k·64·4) = 299 s.
 SECONDS_PER_EDGE_DIM = 6.8e-10
 SECONDS_PER_NODE_DIM = 6.1e-9
-# The sampled softmax: gowalla's LightGCN epoch (100 steps of 7,297 rows × 1,024 negatives,
-# d = 64) took 23 s against BPR's 13 s at one thread, 2.1e-10 s per score and column; halved
-# for the two threads the constants above assume.
-SECONDS_PER_SCORE_DIM = 1.1e-10
+# The sampled softmax: gowalla's batch (7,297 rows × 1,024 negatives, d = 64) takes 27.8 ms
+# forward and backward at two threads since its gradient is formed in the same pass
+# (benchmarks/contrast_ab.py --cases softmax), 5.8e-11 s per score and column. (Before it,
+# gowalla's LightGCN epoch took 23 s against BPR's 13 s at one thread: 2.1e-10.)
+SECONDS_PER_SCORE_DIM = 5.8e-11
 
 
 def estimate(
