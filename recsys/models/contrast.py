@@ -21,10 +21,11 @@ block (b = 166 anchors, V·N = 3 × 8400, d = 32, 2 threads, CPU) unless said:
 - the scores of a block are one GEMM against the V stacks side by side (b × VN): 1.0 ms,
   against 1.25 ms batched per view;
 - after the row sums, the block is scaled in place to P' = [P_1 … P_V] / τ, so each gradient
-  is one GEMM over all views: ∂/∂a = P'·[c_1; …; c_V] and ∂/∂[c_1; …; c_V] += P'ᵀ a. In float32 this is
-  as fast as the per-view read-back on a strided view of the block that it replaced
-  (benchmarks/contrast_ab.py --against 476505e, paired: 1.02, 1.02, 1.01); in bfloat16 that
-  strided read-back took a copying path (9.9 ms against 1.0 ms, 341 × 3 × 4096, 1 thread);
+  is one GEMM over all views: ∂/∂a = P'·[c_1; …; c_V] and ∂/∂[c_1; …; c_V] += P'ᵀ a. In
+  float32 this is as fast as the per-view read-back on a strided view of the block that it
+  replaced (benchmarks/contrast_ab.py --against 476505e, paired: 1.02, 1.02, 1.01); in
+  bfloat16 that strided read-back took a copying path (9.9 ms against 1.0 ms, 341 × 3 × 4096,
+  1 thread);
 - every block is written into one reused buffer (torch.mm(out=...)): a fresh 16 MiB block per
   iteration is fresh pages to fault in (the whole DCCF InfoNCE 1.36× faster);
 - on a CPU with native bfloat16 (`fast_score_dtype`) the models score in bfloat16: the GEMMs,
