@@ -47,6 +47,8 @@ import torch
 # (an earlier DCCF-only sweep, 2 threads: 236 / 227 / 228 / 325; 1 thread: 379 / 378 / 414 /
 # 714). LightGCL's own copy used 2^24 entries, fresh per block, read back with d + 1 columns:
 # the exact call is ~1.8x faster here (1 thread), 1.45x (2 threads).
+# With bfloat16 scores (fast_score_dtype), quiet, 1 thread: DCCF 270 / 260 / 385 / 615 and
+# LightGCL exact 921 / 788 / 765 / 1375, so 2^22 entries stay (8 MiB in bfloat16).
 # On CUDA, larger blocks keep the kernel launches few (32 MiB: the size measured on the H200).
 SCORE_BLOCK = 1 << 22
 CUDA_SCORE_BLOCK = 1 << 23
