@@ -2,9 +2,10 @@
 they had been trained in?
 
     python benchmarks/foldin.py [--models lightgcn,lightgcl,dccf,als] [--max-minutes 15]
-        [--trained-in lightgcn=RUNDIR ...] [--workdir DIR] [--threads 1]
+        [--trained-in lightgcn=RUNDIR ...] [--workdir DIR] [--threads 1] [--data DIR]
 
-Prepares ../shared/data/yelp-sslrec (benchmarks/bench_data.py), draws 10 % of the users that
+Prepares ../shared/data/yelp-sslrec (benchmarks/bench_data.py), or takes the prepared dataset
+--data (with its own --workdir), draws 10 % of the users that
 have training and test items (seed 0) and writes, under --workdir (default
 <temp dir>/recsys-bench/foldin), a copy of the dataset whose train and valid rows of those users
 are empty. Each model is trained with its defaults twice: on that reduced copy ("held out") and
@@ -73,6 +74,9 @@ def recall(user_emb: np.ndarray, item_emb: np.ndarray, ds: Dataset, users: np.nd
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", default="lightgcn,lightgcl,dccf,als")
+    parser.add_argument(
+        "--data", type=Path, help="a prepared dataset folder instead of yelp-sslrec"
+    )
     parser.add_argument("--max-minutes", type=float, default=15.0, help="per training run")
     parser.add_argument("--holdout", type=float, default=0.1)
     parser.add_argument("--seed", type=int, default=0)
@@ -86,7 +90,7 @@ def main() -> None:
     )
     args = parser.parse_args()
     use_threads(args.threads)
-    full_dir = shared_dataset("yelp-sslrec")
+    full_dir = args.data or shared_dataset("yelp-sslrec")
     full = Dataset.load(full_dir)
     reduced_dir = args.workdir / "data"
     reduced, held = holdout_dataset(full, args.holdout, args.seed)
