@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -16,11 +18,20 @@ from recsys.train.rundir import RunDir
 OPTIONS = {"epochs": 4, "dim": 16, "layers": 2, "min_epochs": 0, "batch_size": 512}
 
 
-def torchrun(*args: str) -> subprocess.CompletedProcess:
+def torchrun(*args: str, out: Path | None = None) -> subprocess.CompletedProcess:
+    """`recsys train ARGS` in 2 gloo processes. In one CI run of this session's some 30 launches,
+    rank 0 died by SIGABRT (exit code -6) in the first launch, and 27 launches since, quiet and
+    with both cores busy, did not repeat it. A rank killed by that signal is retried once, from
+    a fresh `out`; any other failure (recsys exits with a message and a status) fails at once."""
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
                "-m", "recsys", "train", *args, "--no-progress", "--json"]  # fmt: skip
-    return subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+    if done.returncode != 0 and "Signal 6 (SIGABRT)" in done.stderr:
+        if out is not None:
+            shutil.rmtree(out, ignore_errors=True)
+        done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+    return done
 
 
 def curve(run_dir) -> list[tuple[float, float]]:
@@ -32,13 +43,21 @@ def test_two_gloo_processes_match_one_and_resume(synth_dataset, tmp_path):
     flags = [f"--{k.replace('_', '-')}={v}" for k, v in OPTIONS.items() if k != "epochs"]
     two = tmp_path / "two"
     done = torchrun(
-        str(synth_dataset), "--out", str(two), "--model", "lightgcn", "--epochs", "3", *flags
+        str(synth_dataset),
+        "--out",
+        str(two),
+        "--model",
+        "lightgcn",
+        "--epochs",
+        "3",
+        *flags,
+        out=two,
     )
-    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.returncode == 0, done.stderr[:2000] + "\n...\n" + done.stderr[-2000:]
     assert json.loads(done.stdout)["epochs"] == 3  # one summary: rank 0 alone prints
     assert RunDir(two).read_config()["world_size"] == 2
     resumed = torchrun(str(synth_dataset), "--out", str(two), "--resume", "--epochs", "4")
-    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert resumed.returncode == 0, resumed.stderr[:2000] + "\n...\n" + resumed.stderr[-2000:]
     one, both = curve(tmp_path / "one"), curve(two)
     assert len(both) == len(one) == 4
     for (loss_1, recall_1), (loss_2, recall_2) in zip(one, both):
