@@ -70,9 +70,12 @@ def unit(*shape: int, gen: torch.Generator) -> torch.Tensor:
 
 def dccf_case(old, gen, shared_old, score_dtype):
     anchor, views = unit(8000, 32, gen=gen), unit(3, 8000, 32, gen=gen)
-    old_call = (lambda: old.info_nce(anchor, views, 0.2)) if shared_old is None else None
+    if shared_old is None:
+        old_call = lambda: old.info_nce(anchor, views, 0.2)  # noqa: E731
+    else:
+        old_call = lambda: shared_old.info_nce(anchor, views, views, 0.2)  # noqa: E731
     return (
-        old_call or (lambda: shared_old.info_nce(anchor, views, views, 0.2)),
+        old_call,
         (lambda: contrast.info_nce(anchor, views, views, 0.2, score_dtype=score_dtype)),
         (anchor, views),
     )
@@ -174,8 +177,10 @@ def main() -> None:
     lightgcl = old_module(args.ref, "recsys/models/lightgcl.py", "_old_lightgcl")
     shared = args.against and old_module(args.against, "recsys/models/contrast.py", "_old_shared")
     old_base = args.against and old_module(args.against, "recsys/models/base.py", "_old_base")
-    dtype = getattr(torch, args.score_dtype or "") if args.score_dtype else None
-    dtype = dtype or contrast.fast_score_dtype(torch.zeros(1))
+    if args.score_dtype:
+        dtype = getattr(torch, args.score_dtype)
+    else:
+        dtype = contrast.fast_score_dtype(torch.zeros(1))
     gen = torch.Generator().manual_seed(0)
     exact_sides = [(4096, 42712, None), (7000, 26822, None)]
     cases = {

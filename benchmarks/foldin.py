@@ -5,10 +5,9 @@ they had been trained in?
         [--trained-in lightgcn=RUNDIR ...] [--workdir DIR] [--threads 1] [--data DIR]
 
 Prepares ../shared/data/yelp-sslrec (benchmarks/bench_data.py), or takes the prepared dataset
---data (with its own --workdir), draws 10 % of the users that
-have training and test items (seed 0) and writes, under --workdir (default
-<temp dir>/recsys-bench/foldin), a copy of the dataset whose train and valid rows of those users
-are empty. Each model is trained with its defaults twice: on that reduced copy ("held out") and
+--data, draws 10 % of the users that have training and test items (seed 0) and writes, under
+--workdir (default <temp dir>/recsys-bench/foldin, or foldin-NAME for --data NAME), a copy
+of the dataset whose train and valid rows of those users are empty. Each model is trained with its defaults twice: on that reduced copy ("held out") and
 on the full data ("trained in", unless --trained-in names a finished run on the same dataset).
 Finished runs in the workdir are reused. Then the held-out users are folded in from their
 training items (recsys.serving.Model.fold_in, one user at a time, timed) and both sides are
@@ -82,7 +81,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--trained-in", action="append", default=[], metavar="MODEL=RUNDIR")
     parser.add_argument(
-        "--workdir", type=Path, default=Path(tempfile.gettempdir()) / "recsys-bench" / "foldin"
+        "--workdir", type=Path, help="default: <temp dir>/recsys-bench/foldin[-<--data's name>]"
     )
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument(
@@ -91,11 +90,17 @@ def main() -> None:
     args = parser.parse_args()
     use_threads(args.threads)
     full_dir = args.data or shared_dataset("yelp-sslrec")
+    if args.workdir is None:
+        suffix = f"-{args.data.resolve().name}" if args.data else ""
+        args.workdir = Path(tempfile.gettempdir()) / "recsys-bench" / f"foldin{suffix}"
     full = Dataset.load(full_dir)
     reduced_dir = args.workdir / "data"
     reduced, held = holdout_dataset(full, args.holdout, args.seed)
     if not (reduced_dir / "dataset.json").is_file():
         reduced.save(reduced_dir)
+    elif Dataset.load(reduced_dir).fingerprint != reduced.fingerprint:
+        # Its held-out runs were trained on another dataset, holdout or seed.
+        raise SystemExit(f"{args.workdir}: holds another held-out copy; give another --workdir")
     print(f"{len(held)} of {full.n_users} users held out of training", flush=True)
     given = dict(item.split("=", 1) for item in args.trained_in)
     names = args.models.split(",")

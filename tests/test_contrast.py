@@ -218,7 +218,10 @@ def test_fast_score_dtype_is_bfloat16_only_for_float32_on_a_native_bfloat16_cpu(
         ({"avx512_bf16": False, "avx2": True}, torch.float32),
     ):
         monkeypatch.setattr(torch.cpu, "get_capabilities", lambda caps=caps: caps)
+        contrast.native_bfloat16.cache_clear()
         assert contrast.fast_score_dtype(rows) == want
         assert contrast.fast_score_dtype(rows.double()) == torch.float64
     monkeypatch.setattr(contrast, "BF16_SCORES", False)
     assert contrast.fast_score_dtype(rows) == torch.float32
+    monkeypatch.undo()
+    contrast.native_bfloat16.cache_clear()  # the real CPU's answer for the tests that follow

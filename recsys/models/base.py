@@ -18,7 +18,6 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 import torch.nn.functional as F
-import torch.utils.checkpoint
 from torch import nn
 
 from recsys.graph import Graph
@@ -246,10 +245,15 @@ class RankingLoss:
     negatives: int = 1024
     temperature: float = 1.0
 
+    @property
+    def shared_negatives(self) -> int:
+        """M, the negatives every row is scored against (at most the batch's own); 0 for BPR."""
+        return self.negatives if self.kind == "softmax" else 0
+
     def __call__(self, users, pos, neg) -> dict[str, torch.Tensor]:
         if self.kind == "bpr":
             return {"bpr": bpr_loss(users, pos, neg)}
-        shared = neg[: self.negatives]
+        shared = neg[: self.shared_negatives]
         return {"softmax": softmax_loss(users, pos, shared, self.temperature)}
 
 

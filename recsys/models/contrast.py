@@ -35,6 +35,8 @@ Block sizes: see SCORE_BLOCK. The positive term is plain autograd (O(V·A·d), n
 
 from __future__ import annotations
 
+import functools
+
 import torch
 
 # Score entries held at once. On CPU 16 MiB of float32: the exp and the two GEMMs that read a
@@ -193,9 +195,14 @@ def fast_score_dtype(like: torch.Tensor) -> torch.dtype:
     tests' references) and CUDA (not measured there) stay exact."""
     if like.dtype != torch.float32 or like.device.type != "cpu" or not BF16_SCORES:
         return like.dtype
+    return torch.bfloat16 if native_bfloat16() else like.dtype
+
+
+@functools.cache
+def native_bfloat16() -> bool:
+    """Whether this CPU multiplies bfloat16 natively (asked once: called at every step)."""
     caps = torch.cpu.get_capabilities()
-    native = caps.get("avx512_bf16", False) or caps.get("amx_bf16", False)
-    return torch.bfloat16 if native else like.dtype
+    return bool(caps.get("avx512_bf16", False) or caps.get("amx_bf16", False))
 
 
 def anchor_weights(nodes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

@@ -27,7 +27,7 @@ from recsys.models import Batch, Recommender, model_class
 from recsys.models.base import RankingLoss
 from recsys.threads import rebalance
 from recsys.train import distributed
-from recsys.train.config import RunConfig, steps_for_log
+from recsys.train.config import RunConfig, TrainParams, steps_for_log
 from recsys.train.estimate import available_bytes, estimate
 from recsys.train.rundir import RunDir
 from recsys.train.sampler import BPRSampler
@@ -56,9 +56,13 @@ def build_model(
         device
     )
     if model.trainable:
-        train = config.train
-        model.ranking = RankingLoss(train.loss, train.loss_negatives, train.loss_temperature)
+        model.ranking = ranking_loss(config.train)
     return model, graph, generator
+
+
+def ranking_loss(opts: TrainParams) -> RankingLoss:
+    """The run's ranking loss from its TrainParams (`loss`, `loss_negatives`, `loss_temperature`)."""
+    return RankingLoss(opts.loss, opts.loss_negatives, opts.loss_temperature)
 
 
 def peak_rss_mib() -> float:
@@ -290,7 +294,7 @@ def check_memory(config: RunConfig, ds: Dataset) -> None:
     need = estimate(
         ds.n_users, ds.n_items, ds.train.nnz, getattr(config.params, "dim", 64),
         getattr(config.params, "layers", 0), batch, config.model, -(-ds.train.nnz // batch),
-        softmax_negatives=config.train.loss_negatives if config.train.loss == "softmax" else 0,
+        softmax_negatives=ranking_loss(config.train).shared_negatives,
     )  # fmt: skip
     have = available_bytes()
     if need["peak_bytes"] > have:
