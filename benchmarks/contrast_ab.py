@@ -17,8 +17,9 @@ With --against REF the old side is instead the shared module as of REF, called t
 and --score-dtype sets the new side's scores (default: what the models use on this machine,
 recsys.models.contrast.fast_score_dtype). Two more cases need --against, and compare the
 sampled softmax ranking loss (recsys.models.base.softmax_loss) with REF's:
-  softmax:     gowalla's batch, 7,297 rows × 1,024 shared negatives, d = 64, τ = 1
-  softmax-16m: the 16M log's batch, 115,000 rows × 1,024 negatives
+  softmax:     gowalla's batch, 7,297 rows × 4,096 shared negatives, d = 64, τ = 1
+  softmax-16m: the 16M log's batch, 115,000 rows × 4,096 negatives
+  (the new side at --score-dtype, the old one as REF computes it)
 With --sweep 21,22,23,24 it instead times the new one alone with SCORE_BLOCK = 2^e for each e,
 interleaved the same way (how the CPU block size was chosen).
 recsys is imported before torch, so OpenMP waits passively as in training (recsys/threads.py);
@@ -117,13 +118,13 @@ def lightgcl_case(old, gen, sides, shared_old, score_dtype):
     return old_call, new_call, leaves
 
 
-def softmax_case(old_base, gen, rows):
+def softmax_case(old_base, gen, rows, score_dtype):
     users, pos = (0.3 * unit(rows, 64, gen=gen)).detach(), (0.3 * unit(rows, 64, gen=gen)).detach()
-    neg = (0.3 * unit(1024, 64, gen=gen)).detach()
+    neg = (0.3 * unit(base.SOFTMAX_NEGATIVES, 64, gen=gen)).detach()
     leaves = [x.requires_grad_() for x in (users, pos, neg)]
     return (
         lambda: old_base.softmax_loss(*leaves, 1.0),
-        lambda: base.softmax_loss(*leaves, 1.0),
+        lambda: base.softmax_loss(*leaves, 1.0, score_dtype),
         leaves,
     )
 
@@ -187,8 +188,8 @@ def main() -> None:
         "dccf": lambda: dccf_case(dccf, gen, shared, dtype),
         "exact": lambda: lightgcl_case(lightgcl, gen, exact_sides, shared, dtype),
         "sampled": lambda: lightgcl_case(lightgcl, gen, [(4096, 42712, 1024)], shared, dtype),
-        "softmax": lambda: softmax_case(old_base, gen, 7297),
-        "softmax-16m": lambda: softmax_case(old_base, gen, 115_000),
+        "softmax": lambda: softmax_case(old_base, gen, 7297, dtype),
+        "softmax-16m": lambda: softmax_case(old_base, gen, 115_000, dtype),
     }
     old = args.against or args.ref
     print(

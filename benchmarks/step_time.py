@@ -1,11 +1,11 @@
-"""Training steps of the contrastive models with bfloat16 scores against float32, in one process.
+"""Training steps with bfloat16 scores against float32, in one process.
 
     python benchmarks/step_time.py DATASET_DIR [--models dccf,lightgcl] [--threads 1] [--steps 8]
 
 DATASET_DIR is a prepared dataset (`recsys data prepare`). For each model, one Trainer with the
 dataset's defaults takes `--steps` optimizer steps on batches drawn up front, alternating the
-InfoNCE's score dtype (recsys.models.contrast.BF16_SCORES) step by step after a warm-up step
-of each, so load from other processes hits both alike. Prints the median step seconds of each
+score dtype of the InfoNCE and of the sampled softmax (recsys.models.contrast.BF16_SCORES)
+step by step after a warm-up step of each, so load from other processes hits both alike. Prints the median step seconds of each
 and their ratio. On a CPU without native bfloat16 both sides are float32. It writes nothing.
 """
 

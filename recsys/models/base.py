@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from recsys.graph import Graph
+from recsys.models.contrast import fast_score_dtype
 
 
 @dataclass(frozen=True)
@@ -189,14 +190,24 @@ class _SampledSoftmax(torch.autograd.Function):
     recsys.models.contrast): with P the softmax over [q_b, s_b·], ∂/∂u_b = (P_b·n - (1 - P_bq)
     p_b)/τ, ∂/∂p_b = -(1 - P_bq) u_b/τ and ∂/∂n = Pᵀu/τ. τ rides in the GEMM's left operand,
     the row max is the shift, and exp, normalisation and both gradient GEMMs reuse one block
-    (benchmarks/contrast_ab.py --cases softmax,softmax-16m: see SOFTMAX_SCORES)."""
+    (benchmarks/contrast_ab.py --cases softmax,softmax-16m: see SOFTMAX_SCORES).
+
+    The raw scores are unbounded, so their GEMM and the shift stay in the rows' dtype; with a
+    bfloat16 `score_dtype` the shifted logits (≤ 0, the largest exact to 0.4 %, as in
+    recsys.models.contrast) are exponentiated and summed in the rows' dtype, then the two
+    gradient GEMMs read them in bfloat16; the loss and the gradients accumulate in the rows'
+    dtype. P's 1/norm
+    scales the GEMMs' (b × d) operands and results, not the (b × M) block."""
 
     @staticmethod
-    def forward(ctx, users, pos, shared_neg, temperature: float):
+    def forward(ctx, users, pos, shared_neg, temperature: float, score_dtype: torch.dtype):
+        exact = score_dtype == users.dtype
         scaled = users / temperature
         positive = (scaled * pos).sum(1)  # q, (B,)
         rows = min(users.shape[0], max(1, SOFTMAX_SCORES // (shared_neg.shape[0] + 1)))
         buffer = users.new_empty(rows, shared_neg.shape[0])
+        low = buffer if exact else buffer.new_empty(buffer.shape, dtype=score_dtype)
+        neg_low = shared_neg.to(score_dtype)
         grad_users, grad_neg = torch.empty_like(users), torch.zeros_like(shared_neg)
         pos_weight = torch.empty_like(positive)  # 1 - P_bq, the positive's missing share
         total = users.new_zeros(())
@@ -204,14 +215,20 @@ class _SampledSoftmax(torch.autograd.Function):
             stop = min(start + rows, users.shape[0])
             scores = torch.mm(scaled[start:stop], shared_neg.T, out=buffer[: stop - start])
             shift = torch.maximum(scores.amax(1), positive[start:stop])
-            scores.sub_(shift[:, None]).exp_()
+            e = scores.sub_(shift[:, None]).exp_()
             own = (positive[start:stop] - shift).exp()
-            norm = scores.sum(1) + own
+            norm = e.sum(1) + own
+            if not exact:  # the GEMMs read a bfloat16 copy (a sum over it would copy back)
+                e = low[: stop - start].copy_(e)
             total += (norm.log() + shift - positive[start:stop]).sum()
-            scores.div_(norm[:, None])  # P over the negatives
             pos_weight[start:stop] = 1 - own / norm
-            torch.mm(scores, shared_neg, out=grad_users[start:stop])
-            grad_neg.addmm_(scores.T, users[start:stop])
+            # P = e / norm by rows, applied to the GEMMs' (b × d) sides, not to the block
+            grad_users[start:stop] = torch.mm(e, neg_low).div_(norm[:, None])
+            weighted = (users[start:stop] / norm[:, None]).to(score_dtype)
+            if exact:
+                grad_neg.addmm_(e.T, weighted)
+            else:
+                grad_neg += torch.mm(e.T, weighted)
         grad_users.sub_(pos_weight[:, None] * pos).div_(temperature)
         grad_pos = users * (-pos_weight / temperature)[:, None]
         ctx.save_for_backward(grad_users, grad_pos, grad_neg.div_(temperature))
@@ -220,11 +237,15 @@ class _SampledSoftmax(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_out):
         grad_users, grad_pos, grad_neg = ctx.saved_tensors
-        return grad_out * grad_users, grad_out * grad_pos, grad_out * grad_neg, None
+        return grad_out * grad_users, grad_out * grad_pos, grad_out * grad_neg, None, None
 
 
 def softmax_loss(
-    users: torch.Tensor, pos: torch.Tensor, shared_neg: torch.Tensor, temperature: float
+    users: torch.Tensor,
+    pos: torch.Tensor,
+    shared_neg: torch.Tensor,
+    temperature: float,
+    score_dtype: torch.dtype | None = None,
 ) -> torch.Tensor:
     """Sampled softmax: mean over rows of -log of the positive's share of exp(score / τ) among
     the positive and the M negatives every row shares.
@@ -233,8 +254,13 @@ def softmax_loss(
         users, pos: (B, d) each row's user and positive item.
         shared_neg: (M, d) negatives scored against every row (uniform draws: no logQ term).
         temperature: τ > 0, dividing the raw inner products.
+        score_dtype: dtype of the shifted logits, P and the gradient GEMMs
+            (recsys.models.contrast.fast_score_dtype); None for the rows' own.
     """
-    return _SampledSoftmax.apply(users, pos, shared_neg, temperature) / users.shape[0]
+    return (
+        _SampledSoftmax.apply(users, pos, shared_neg, temperature, score_dtype or users.dtype)
+        / users.shape[0]
+    )
 
 
 @dataclass(frozen=True)
@@ -263,7 +289,8 @@ class RankingLoss:
         if self.kind == "bpr":
             return {"bpr": bpr_loss(users, pos, neg)}
         shared = neg[: self.shared_negatives]
-        return {"softmax": softmax_loss(users, pos, shared, self.temperature)}
+        score_dtype = fast_score_dtype(users)  # bfloat16 where the CPU has it natively
+        return {"softmax": softmax_loss(users, pos, shared, self.temperature, score_dtype)}
 
 
 def l2_penalty(*ego: torch.Tensor) -> torch.Tensor:

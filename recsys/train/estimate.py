@@ -12,9 +12,10 @@ L = layers, b = batch_size:
          + 4·N·d·4                                embeddings, their gradients, Adam's m and v
          + max(4·N·d·A·L + 4·b·d·6,               activations kept for backward (A tensors of
                                                   N·d per layer, per model), the batch's rows
-                 + 4·min(b·(M+1), 2²⁴),           the sampled softmax's score block (M
+                 + 6·min(b·(M+1), 2²⁴),           the sampled softmax's score block (M
                                                   negatives, blocks of 2²⁴ scores, the
-                                                  gradient formed in the same pass)
+                                                  gradient formed in the same pass), float32
+                                                  and its bfloat16 logits
                3·min(256 MiB, 4·n_users·n_items)) or validation's score block and its top-k
                                                   and mask workspaces, whichever is larger
                                                   (they are not alive together)
@@ -114,7 +115,7 @@ def estimate(
     step_memory = (
         4 * nodes * dim * activations * layers
         + 4 * batch_size * dim * BATCH_COPIES
-        + 4 * scores  # one float32 block: the gradient is formed in the same pass
+        + 6 * scores  # a float32 block and its bfloat16 logits (contrast.fast_score_dtype)
     )
     peak = (
         BASE_BYTES
