@@ -154,8 +154,8 @@ SOFTMAX_FROM_DENSITY = 16.0
 # plateau of 0.187 (best epoch 22), DCCF 0.1887 after 3 epochs against 0.1718; ml-100k LightGCL
 # 0.3656 against 0.3579, DCCF 0.3500 against 0.3462, MF 0.3474 against 0.3431, LightGCN 0.3596
 # against 0.3626 (test 0.3551 against 0.3526). Confirmed on ml-100k with every rating, which
-# chose nothing: docs/ranking-loss.md. The price is the scores: gowalla's LightGCL epoch takes
-# about 2× as long (two threads).
+# chose nothing: docs/ranking-loss.md. The price is the scores: gowalla's LightGCL epoch took
+# about 30 s against 16.6 s (two threads, bfloat16 gradient GEMMs).
 SOFTMAX_NEGATIVES = 4096
 
 
@@ -189,15 +189,14 @@ class _SampledSoftmax(torch.autograd.Function):
     blocks, with the gradient formed in the same pass (the scalar loss ends the graph, as in
     recsys.models.contrast): with P the softmax over [q_b, s_b·], ∂/∂u_b = (P_b·n - (1 - P_bq)
     p_b)/τ, ∂/∂p_b = -(1 - P_bq) u_b/τ and ∂/∂n = Pᵀu/τ. τ rides in the GEMM's left operand,
-    the row max is the shift, and exp, normalisation and both gradient GEMMs reuse one block
-    (benchmarks/contrast_ab.py --cases softmax,softmax-16m: see SOFTMAX_SCORES).
+    the row max is the shift, exp and both gradient GEMMs reuse one block, and P's 1/norm
+    scales the GEMMs' (b × d) sides, not the (b × M) block (benchmarks/contrast_ab.py --cases
+    softmax,softmax-16m: see SOFTMAX_SCORES).
 
-    The raw scores are unbounded, so their GEMM and the shift stay in the rows' dtype; with a
-    bfloat16 `score_dtype` the shifted logits (≤ 0, the largest exact to 0.4 %, as in
-    recsys.models.contrast) are exponentiated and summed in the rows' dtype, then the two
-    gradient GEMMs read them in bfloat16; the loss and the gradients accumulate in the rows'
-    dtype. P's 1/norm
-    scales the GEMMs' (b × d) operands and results, not the (b × M) block."""
+    The raw scores are unbounded, so their GEMM, the shift, the exp and the row sums stay in
+    the rows' dtype; with a bfloat16 `score_dtype` the two gradient GEMMs read a bfloat16 copy
+    of exp(logit - shift) ∈ (0, 1] (8 significant bits, as in recsys.models.contrast) and the
+    gradients accumulate in the rows' dtype."""
 
     @staticmethod
     def forward(ctx, users, pos, shared_neg, temperature: float, score_dtype: torch.dtype):
@@ -254,7 +253,7 @@ def softmax_loss(
         users, pos: (B, d) each row's user and positive item.
         shared_neg: (M, d) negatives scored against every row (uniform draws: no logQ term).
         temperature: τ > 0, dividing the raw inner products.
-        score_dtype: dtype of the shifted logits, P and the gradient GEMMs
+        score_dtype: the dtype in which the gradient GEMMs read the exponentiated scores
             (recsys.models.contrast.fast_score_dtype); None for the rows' own.
     """
     return (
