@@ -7,8 +7,9 @@ they had been trained in?
 Prepares ../shared/data/yelp-sslrec (benchmarks/bench_data.py), or takes the prepared dataset
 --data, draws 10 % of the users that have training and test items (seed 0) and writes, under
 --workdir (default <temp dir>/recsys-bench/foldin, or foldin-NAME for --data NAME), a copy
-of the dataset whose train and valid rows of those users are empty. Each model is trained with its defaults twice: on that reduced copy ("held out") and
-on the full data ("trained in", unless --trained-in names a finished run on the same dataset).
+of the dataset whose train and valid rows of those users are empty. Each model is trained with
+its defaults twice: on that reduced copy ("held out") and on the full data ("trained in",
+unless --trained-in names a finished run on the same dataset).
 Finished runs in the workdir are reused. Then the held-out users are folded in from their
 training items (recsys.serving.Model.fold_in, one user at a time, timed) and both sides are
 scored by the one evaluator on the same users' test items, training items excluded. Prints the
@@ -29,7 +30,9 @@ import scipy.sparse as sp
 from bench_data import shared_dataset
 
 from recsys import api
+from recsys.atomic import claim_output
 from recsys.data.dataset import Dataset
+from recsys.errors import ConfigError
 from recsys.evaluate import evaluate
 from recsys.serving import Model, fold_in
 from recsys.threads import use_threads
@@ -96,7 +99,13 @@ def main() -> None:
     full = Dataset.load(full_dir)
     reduced_dir = args.workdir / "data"
     reduced, held = holdout_dataset(full, args.holdout, args.seed)
-    if not (reduced_dir / "dataset.json").is_file():
+    try:  # a folder recsys did not write is never replaced
+        holds_copy = claim_output(
+            reduced_dir, "dataset", reuse=True, inputs=[full_dir], flag="--workdir"
+        )
+    except ConfigError as e:
+        raise SystemExit(str(e)) from None
+    if not holds_copy:
         reduced.save(reduced_dir)
     elif Dataset.load(reduced_dir).fingerprint != reduced.fingerprint:
         # Its held-out runs were trained on another dataset, holdout or seed.

@@ -5,8 +5,8 @@
 DATASET_DIR is a prepared dataset (`recsys data prepare`). For each model, one Trainer with the
 dataset's defaults takes `--steps` optimizer steps on batches drawn up front, alternating the
 score dtype of the InfoNCE and of the sampled softmax (recsys.models.contrast.BF16_SCORES)
-step by step after a warm-up step of each, so load from other processes hits both alike. Prints the median step seconds of each
-and their ratio. On a CPU without native bfloat16 both sides are float32. It writes nothing.
+step by step after a warm-up step of each, so load from other processes hits both alike.
+Prints the median step seconds of each and their ratio. On a CPU without native bfloat16 both sides are float32. It writes nothing.
 """
 
 from __future__ import annotations

@@ -102,7 +102,12 @@ def _json_object(path: Path) -> dict | None:
 
 
 def claim_output(
-    out: str | Path, kind: str, overwrite: bool = False, inputs=(), reuse: bool = False
+    out: str | Path,
+    kind: str,
+    overwrite: bool = False,
+    inputs=(),
+    reuse: bool = False,
+    flag: str = "--out",
 ) -> bool:
     """Check that `out` may receive a `kind` artifact; True when it already holds one.
 
@@ -111,7 +116,6 @@ def claim_output(
     existing `kind` without `overwrite` (unless `reuse`, for commands that continue one).
     """
     out = Path(out)
-    flag = "--out"
     for source in inputs:
         source = Path(source).resolve()
         target = out.resolve()

@@ -313,3 +313,17 @@ def test_a_damaged_ann_index_is_refused_before_faiss_reads_it(trained, tmp_path,
     code, err = run(["recommend", root / "run", "--user", "u01", "--index", "ivf"])
     assert code == 1 and "does not match its audit" in err, err
     assert snapshot(root) == before
+
+
+def test_claim_output_refuses_a_foreign_folder_naming_the_callers_flag(synth_dataset, tmp_path):
+    from recsys.atomic import claim_output
+    from recsys.errors import ConfigError
+
+    foreign = tmp_path / "data"
+    foreign.mkdir()
+    (foreign / "notes.txt").write_text("mine")
+    with pytest.raises(ConfigError, match=r"did not write.*choose another --workdir"):
+        claim_output(foreign, "dataset", reuse=True, flag="--workdir")
+    assert (foreign / "notes.txt").read_text() == "mine"
+    assert claim_output(tmp_path / "new", "dataset") is False  # nothing there yet
+    assert claim_output(synth_dataset, "dataset", reuse=True) is True  # a dataset: reused

@@ -205,7 +205,7 @@ class _SampledSoftmax(torch.autograd.Function):
         positive = (scaled * pos).sum(1)  # q, (B,)
         rows = min(users.shape[0], max(1, SOFTMAX_SCORES // (shared_neg.shape[0] + 1)))
         buffer = users.new_empty(rows, shared_neg.shape[0])
-        low = buffer if exact else buffer.new_empty(buffer.shape, dtype=score_dtype)
+        low = None if exact else buffer.new_empty(buffer.shape, dtype=score_dtype)
         neg_low = shared_neg.to(score_dtype)
         grad_users, grad_neg = torch.empty_like(users), torch.zeros_like(shared_neg)
         pos_weight = torch.empty_like(positive)  # 1 - P_bq, the positive's missing share

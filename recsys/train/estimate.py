@@ -15,7 +15,8 @@ L = layers, b = batch_size:
                  + 6·min(b·(M+1), 2²⁴),           the sampled softmax's score block (M
                                                   negatives, blocks of 2²⁴ scores, the
                                                   gradient formed in the same pass), float32
-                                                  and its bfloat16 logits
+                                                  and the bfloat16 copy its GEMMs read on a
+                                                  CPU with bfloat16 (counted everywhere)
                3·min(256 MiB, 4·n_users·n_items)) or validation's score block and its top-k
                                                   and mask workspaces, whichever is larger
                                                   (they are not alive together)
@@ -116,7 +117,7 @@ def estimate(
     step_memory = (
         4 * nodes * dim * activations * layers
         + 4 * batch_size * dim * BATCH_COPIES
-        + 6 * scores  # a float32 block and its bfloat16 logits (contrast.fast_score_dtype)
+        + 6 * scores  # a float32 block and its bfloat16 copy (models.base._SampledSoftmax)
     )
     peak = (
         BASE_BYTES
