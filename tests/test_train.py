@@ -386,3 +386,21 @@ def test_the_softmax_is_derived_on_dense_logs_only(synth_dataset, tmp_path, mode
     assert (
         json.loads((tmp_path / "given" / "config.json").read_text())["train"]["loss"] == "softmax"
     )
+
+
+def test_dccf_widens_where_the_softmax_is_derived_and_a_given_dim_wins():
+    import scipy.sparse as sp
+
+    from recsys.models import model_class
+    from recsys.models.base import SOFTMAX_FROM_DENSITY
+    from recsys.models.dccf import SOFTMAX_DIM
+
+    def per_user(m: int) -> sp.csr_matrix:  # 10 users with m items each
+        return sp.csr_matrix(np.ones((10, m), dtype=np.float32))
+
+    dense = model_class("dccf").data_defaults(per_user(int(SOFTMAX_FROM_DENSITY)))
+    sparse = model_class("dccf").data_defaults(per_user(int(SOFTMAX_FROM_DENSITY) - 1))
+    assert resolve_config("dccf", ("dataset", dense)).params.dim == SOFTMAX_DIM == 64
+    assert resolve_config("dccf", ("dataset", sparse)).params.dim == 32
+    given = resolve_config("dccf", ("dataset", dense), ("command line", {"dim": 16}))
+    assert given.params.dim == 16

@@ -61,10 +61,25 @@ from recsys.models.learned_hop import learned_hop
 # collapse below MostPop); yelp-sslrec (4.3 per user) at 20-50 (test 0.085; 12: valid 0.081).
 REG_TIMES_DENSITY = 160.0
 
+# d where the sampled softmax is derived (models.base.SOFTMAX_FROM_DENSITY; 32, the paper's d,
+# under BPR). Validation Recall@20, d 64 against 32, one thread: gowalla (chosen on it) 0.1989
+# after 3 epochs against 0.1887 after 3 and a plateau of 0.1919 at 10, the epoch 1.6x longer;
+# ml-100k 0.3603 against 0.3500; ml-100k with every rating, which chose nothing, 0.3406 against
+# 0.3440 (test 0.3270 against 0.3211). The sample, under BPR, lost (0.7253 against 0.7362) and
+# yelp-sslrec gained nothing at 1.6x the cost (docs/dccf-tuning.md).
+SOFTMAX_DIM = 64
+
 
 @dataclass
 class DCCFParams:
-    dim: int = field(default=32, metadata={"help": "embedding size d", "min": 1, "max": 4096})
+    dim: int = field(
+        default=32,
+        metadata={
+            "help": f"embedding size d [{SOFTMAX_DIM} where the softmax is derived]",
+            "min": 1,
+            "max": 4096,
+        },
+    )
     layers: int = field(default=2, metadata={"help": "propagation layers L", "min": 1, "max": 10})
     intents: int = field(
         default=128,
@@ -130,9 +145,11 @@ class DCCF(EmbeddingRecommender):
 
     @classmethod
     def data_defaults(cls, train) -> dict:
+        derived = super().data_defaults(train)
         return {
-            **super().data_defaults(train),
+            **derived,
             "reg": REG_TIMES_DENSITY / interactions_per_user(train),
+            **({"dim": SOFTMAX_DIM} if derived["loss"] == "softmax" else {}),
         }
 
     def reset_parameters(self, generator: torch.Generator) -> None:
