@@ -284,7 +284,13 @@ def tune(
     if best is None:
         typer.echo("no trial finished: raise --budget-minutes")
         return
-    typer.echo(f"best trial {best['trial']}: {best['options']}")
+    gain = best["gain_over_defaults"]
+    if gain and gain["trial"] != best["trial"]:
+        typer.echo(
+            f"kept the defaults: trial {gain['trial']} beat them by {gain['mean']:+.4f} ± "
+            f"{gain['se']:.4f} on validation, within {tuning.NOISE_SE:g} standard errors"
+        )
+    typer.echo(f"chosen trial {best['trial']}: {best['options']}")
     typer.echo(
         f"valid recall@20 {best['valid']['recall@20']:.4f}  ndcg@20 {best['valid']['ndcg@20']:.4f}"
     )

@@ -7,11 +7,12 @@ import pytest
 import scipy.sparse as sp
 
 from recsys import api
+from recsys.data.dataset import Dataset
 from recsys.errors import ConfigError
 from recsys.models import MODELS, Search, model_class
 from recsys.train import loop
 from recsys.train.config import option_table, resolve_config
-from recsys.tune import default_point, suggest, tune
+from recsys.tune import NOISE_SE, default_point, suggest, tune
 
 FAST = {"epochs": 3, "batch_size": 256, "dim": 16}
 
@@ -93,8 +94,12 @@ def test_tune_writes_study_trials_and_a_best_setting(tuned):
     best = summary["best"]
     completed = [r for r in rows if r["state"] == "complete"]
     assert best["valid"]["recall@20"] == max(r["value"] for r in completed)
-    # only the best trial's run is kept; it never evaluated test, the summary does it once
-    assert [p.name for p in (out / "trials").iterdir()] == [f"{best['trial']:04d}"]
+    gain = best["gain_over_defaults"]  # the best beat the defaults by more than noise here
+    assert best["trial"] != 0 and gain["trial"] == best["trial"]
+    assert gain["mean"] > NOISE_SE * gain["se"] > 0
+    # only the best trial's run and the defaults' are kept; the best's never evaluated test,
+    # the summary does it once
+    assert sorted(p.name for p in (out / "trials").iterdir()) == ["0000", f"{best['trial']:04d}"]
     assert "test" not in json.loads(
         (out / "trials" / f"{best['trial']:04d}" / "metrics.json").read_text()
     )
@@ -119,8 +124,40 @@ def test_second_call_resumes_the_study(tuned, synth_dataset):
     out, summary, _ = tuned
     again = tune(synth_dataset, out, "mf", budget_minutes=2, trials=4, options=FAST)
     assert sum(again["trials"].values()) == 4
-    # still one run directory, the best one's, across the two calls
-    assert [p.name for p in (out / "trials").iterdir()] == [f"{again['best']['trial']:04d}"]
+    # still the best run's directory and the defaults', across the two calls
+    kept = sorted(p.name for p in (out / "trials").iterdir())
+    assert kept == sorted({"0000", f"{again['best']['trial']:04d}"})
+
+
+def test_a_best_within_noise_of_the_defaults_keeps_the_defaults(
+    synth_dataset, tmp_path, monkeypatch
+):
+    import recsys.tune
+    from recsys.evaluate import evaluate
+    from recsys.train.rundir import RunDir
+
+    monkeypatch.setattr(recsys.tune, "NOISE_SE", 1e9)  # every gain counts as noise
+    out = tmp_path / "mf"
+    summary = tune(synth_dataset, out, "mf", budget_minutes=2, trials=3, options=FAST)
+    chosen, gain = summary["best"], summary["best"]["gain_over_defaults"]
+    assert chosen["trial"] == 0 and gain["trial"] != 0 and gain["mean"] > 0
+    assert chosen["options"] == default_point("mf", FAST)
+    assert (out / "best.toml").read_text().startswith("# recsys tune: trial 0,")
+    assert chosen["valid"]["recall@20"] == summary["rows"][0]["value"]
+    kept = sorted(p.name for p in (out / "trials").iterdir())
+    assert kept == ["0000", f"{gain['trial']:04d}"]
+    # the gain is paired per validation user: the best's recall minus the defaults'
+    ds = Dataset.load(synth_dataset)
+    per_user = [
+        evaluate(
+            *RunDir(out / "trials" / name).load_embeddings(), ds.train, ds.valid, (20,)
+        ).per_user["recall@20"]
+        for name in (f"{gain['trial']:04d}", "0000")
+    ]
+    diff = per_user[0] - per_user[1]
+    assert gain["users"] == len(diff) == ds.valid.getnnz(axis=1).astype(bool).sum()
+    assert gain["mean"] == pytest.approx(diff.mean())
+    assert gain["se"] == pytest.approx(diff.std(ddof=1) / np.sqrt(len(diff)))
 
 
 def test_pruning_stops_a_diverging_trial_and_a_hopeless_one(synth_dataset, tmp_path, monkeypatch):
