@@ -192,11 +192,14 @@ def tuned_run(
     )
     write_json(run.path / "manifest.json", manifest(run, command))
     counts = study["trials"]
+    gain = best["gain_over_defaults"]
     chosen = (
         f"TPE, {sum(counts.values())} trials ({counts.get('pruned', 0)} pruned), {minutes:.2g} min"
         if best["options"]
         else "defaults (nothing to tune)"
     )
+    if gain and gain["trial"] != best["trial"]:
+        chosen += f"; defaults kept (best trial {gain['mean']:+.4f} ± {gain['se']:.4f}: noise)"
     return row | {
         "status": "ok",
         "options": best["options"],
